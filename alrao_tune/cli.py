@@ -1,0 +1,263 @@
+"""The ``alrao-tune`` command line: ``train``, ``screen``, ``bench``.
+
+Bad input (YAML, flags, specs, paths, an unreachable tracking server) prints one line
+``alrao-tune: error: ...`` naming the problem and the fix, and exits with code 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+EXIT_USAGE = 2
+
+
+def _input_errors() -> tuple[type[BaseException], ...]:
+    """The exception types that mean "bad input" (exit code 2, no traceback)."""
+    from alrao_tune.alrao.lr import UnsupportedLayerError
+    from alrao_tune.config import ConfigError
+    from alrao_tune.data import DatasetError
+    from alrao_tune.space import SpaceError
+    from alrao_tune.train import CheckpointError
+    from alrao_tune.zoo import ArchError
+
+    errors: list[type[BaseException]] = [ConfigError, DatasetError, SpaceError, ArchError,
+                                         UnsupportedLayerError, CheckpointError]
+    try:
+        from alrao_tune.tracking import TrackingError
+        from alrao_tune.tune.screen import ResumeError
+
+        errors += [TrackingError, ResumeError]
+    except ImportError:  # pragma: no cover - the tune extras are part of the install
+        pass
+    return tuple(errors)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "item"):
+        return value.item()
+    return str(value)
+
+
+def _clean(obj: Any) -> Any:
+    """NaN/inf -> None, recursively, so the printed JSON is standard."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: _clean(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [_clean(v) for v in obj]
+    return obj
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(_clean(obj), default=_json_default))
+
+
+# ----------------------------------------------------------------------------- train
+def _parse_arch(text: str) -> dict[str, Any]:
+    from alrao_tune.zoo import ArchError
+
+    text = text.strip()
+    if text.startswith("{"):
+        try:
+            spec = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ArchError(f"--arch is not valid JSON ({err.msg} at column {err.colno}): "
+                            f"{text!r}; give a family name like 'cnn1d' or a JSON object "
+                            "like '{\"family\": \"mlp\", \"widths\": [64]}'.") from err
+        if not isinstance(spec, dict):
+            raise ArchError(f"--arch JSON must be an object, got {type(spec).__name__}.")
+        return spec
+    if ":" in text:
+        return {"builder": text}
+    return {"family": text}
+
+
+def _parse_options(items: Sequence[str]) -> dict[str, Any]:
+    import yaml
+
+    from alrao_tune.config import ConfigError
+
+    options: dict[str, Any] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(
+                f"--data-option {item!r} must look like key=value (e.g. n_train=1000).")
+        options[key] = yaml.safe_load(value)
+    return options
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from alrao_tune.config import TrainConfig
+    from alrao_tune.train import Trainer
+
+    raw: dict[str, Any] = {
+        "dataset": args.dataset, "dataset_options": _parse_options(args.data_option),
+        "arch": _parse_arch(args.arch), "method": args.method, "epochs": args.epochs,
+        "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
+        "momentum": args.momentum, "patience": args.patience, "min_epochs": args.min_epochs,
+    }
+    for key in ("lr", "lr_min", "lr_max", "n_heads", "weight_decay"):
+        if getattr(args, key) is not None:
+            raw[key] = getattr(args, key)
+    if args.schedule:
+        raw["schedule"] = {"name": args.schedule}
+    cfg = TrainConfig.from_dict(raw)
+    trainer = Trainer(cfg)
+    if args.resume:
+        trainer.restore(args.resume)
+    bar = _progress_bar(cfg.epochs, enabled=not args.json and sys.stderr.isatty())
+
+    def on_epoch(record: dict[str, Any], tr: Trainer) -> None:
+        if args.checkpoint:
+            tr.save(args.checkpoint)
+        if bar is not None:
+            bar.update(1)
+            bar.set_postfix(val_loss=f"{record['val_loss']:.4f}",
+                            val_acc=f"{record.get('val_acc', math.nan):.3f}")
+        elif not args.json:
+            acc = record.get("val_acc", math.nan)
+            print(f"epoch {record['epoch']:>3}  train_loss {record['train_loss']:.4f}  "
+                  f"val_loss {record['val_loss']:.4f}  val_acc {acc:.3f}"
+                  + (f"  lr_eff {record['lr_eff']:.3g}" if "lr_eff" in record else ""))
+
+    history = trainer.run(on_epoch)
+    if bar is not None:
+        bar.close()
+    summary = history.summary()
+    if args.json:
+        records = [{k: v for k, v in r.items() if k != "step_metrics"} for r in history.records]
+        _print_json({"summary": summary, "config": cfg.to_dict(), "history": records,
+                     "head_rates": history.head_rates})
+    else:
+        print(f"{history.status} after {summary['epochs']} epochs; best epoch "
+              f"{summary['best_epoch']}: val_loss {summary['val_loss']:.4f}, test_loss "
+              f"{summary['test_loss'] or math.nan:.4f}, test_acc "
+              f"{summary['test_acc'] if summary['test_acc'] is not None else math.nan:.4f}; "
+              f"{summary['n_params']} parameters, {summary['train_time_s']:.1f}s")
+    return 0
+
+
+def _progress_bar(total: int, *, enabled: bool) -> Any:
+    if not enabled:
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="epoch", file=sys.stderr)
+
+
+# ---------------------------------------------------------------------------- screen
+def cmd_screen(args: argparse.Namespace) -> int:
+    from alrao_tune.tune.screen import screen
+
+    result = screen(
+        args.space, overrides=args.set, tracking_uri=args.tracking_uri, storage=args.storage,
+        address=args.address, output=args.output, resume=args.resume,
+        progress=None if args.json else print)
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    import pandas as pd
+
+    with pd.option_context("display.width", 160, "display.max_columns", 20,
+                           "display.float_format", "{:.4g}".format):
+        print("\nleaderboard:")
+        print(result.leaderboard.to_string(index=False))
+    if args.output:
+        print(f"\nwrote {args.output}/leaderboard.csv and {args.output}/results.json")
+    print(f"\nbrowse the runs: mlflow ui --backend-store-uri {result.tracking_uri} "
+          "--host 127.0.0.1 --port 5000  (experiment "
+          f"{result.space!r}, pipeline run {result.run_ids.get('pipeline')})")
+    return 0
+
+
+# ----------------------------------------------------------------------------- bench
+def cmd_bench(args: argparse.Namespace) -> int:
+    from alrao_tune import bench
+
+    if args.what == "overhead":
+        figures = bench.overhead(steps=args.steps)
+        if args.json:
+            _print_json(figures)
+        else:
+            for name in bench.MODELS:
+                f = figures[name]
+                print(f"{name:>4}: sgd {f['sgd_ms']:.3f} ms  alrao {f['alrao_ms']:.3f} ms  "
+                      f"ratio {f['ratio']:.3f}")
+            print(f"switch update (K=10): {figures['switch']['update_us']:.1f} µs")
+            st = figures["state"]
+            print(f"optimizer state (mlp, no momentum): {st['state_numel']:.0f} values for "
+                  f"{st['param_numel']:.0f} parameters")
+    return 0
+
+
+# ------------------------------------------------------------------------------ main
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="alrao-tune",
+        description="Screen architectures cheaply with Alrao, then tune only the best.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    t = sub.add_parser("train", help="train one architecture with alrao, sgd or adam")
+    t.add_argument("--dataset", default="mnist1d")
+    t.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
+                   help="dataset option, e.g. n_train=1000 or path=/data/cifar-10-batches-py")
+    t.add_argument("--arch", default="cnn1d",
+                   help="a family name (cnn1d), a JSON spec, or a builder module:function")
+    t.add_argument("--method", choices=("alrao", "sgd", "adam"), default="alrao")
+    t.add_argument("--lr", type=float)
+    t.add_argument("--lr-min", dest="lr_min", type=float)
+    t.add_argument("--lr-max", dest="lr_max", type=float)
+    t.add_argument("--heads", dest="n_heads", type=int)
+    t.add_argument("--momentum", type=float, default=0.0)
+    t.add_argument("--weight-decay", dest="weight_decay", type=float)
+    t.add_argument("--schedule", choices=("constant", "step", "cosine", "cyclic", "onecycle"))
+    t.add_argument("--epochs", type=int, default=20)
+    t.add_argument("--batch-size", dest="batch_size", type=int, default=32)
+    t.add_argument("--patience", type=int, default=5)
+    t.add_argument("--min-epochs", dest="min_epochs", type=int, default=0)
+    t.add_argument("--seed", type=int, default=0)
+    t.add_argument("--device", default="auto")
+    t.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
+    t.add_argument("--resume", help="continue from a checkpoint written by --checkpoint")
+    t.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    t.set_defaults(func=cmd_train)
+
+    s = sub.add_parser("screen", help="two-stage screening of a search-space YAML")
+    s.add_argument("space", help="search-space YAML file (see searchspaces/)")
+    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a YAML key, e.g. --set stage1.top_k=3")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    s.add_argument("--storage", help="Ray Tune storage directory or URI (default ./alrao_runs)")
+    s.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    s.add_argument("--output", help="write leaderboard.csv, stage1/2.csv, results.json here")
+    s.add_argument("--resume", action="store_true", help="finish the newest interrupted run")
+    s.add_argument("--json", action="store_true", help="print results.json to stdout")
+    s.set_defaults(func=cmd_screen)
+
+    b = sub.add_parser("bench", help="benchmarks that print figures")
+    b.add_argument("what", choices=("overhead",))
+    b.add_argument("--steps", type=int, default=200)
+    b.add_argument("--json", action="store_true")
+    b.set_defaults(func=cmd_bench)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``alrao-tune`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args))
+    except _input_errors() as err:
+        print(f"alrao-tune: error: {err}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

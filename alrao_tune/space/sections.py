@@ -1,0 +1,283 @@
+"""The per-section pydantic models of a search space (all but the architecture grids).
+
+Each model is strict, frozen and forbids unknown keys. Validators raise
+:class:`~alrao_tune.space.errors._Invalid`, which :func:`~alrao_tune.space.parse_space`
+turns into a one-line :class:`~alrao_tune.space.SpaceError`.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Discriminator,
+    Field,
+    Tag,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+
+from .constants import DATASETS, PAPER_LR_GRID, PATH_DATASETS, SCHEDULE_OPTIONS
+from .errors import _MISSING, _check_choice, _Invalid
+
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
+
+
+class Dataset(_Model):
+    """``dataset``: which loader (``name``), its free-form ``options`` and the split ``seed``.
+
+    ``${VAR}`` in string options is replaced from the environment; ``options.path`` is
+    resolved against the YAML file's directory and stored absolute (Ray trials run in
+    another working directory).
+    """
+
+    name: str
+    options: dict[str, Any] = Field(default_factory=dict, validate_default=True)
+    seed: int = 0
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, name: str) -> str:
+        _check_choice("", name, DATASETS, "dataset")
+        return name
+
+    @field_validator("options")
+    @classmethod
+    def _expand(cls, options: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        options = {k: _expand_env(v, str(k)) for k, v in options.items()}
+        name = info.data.get("name")
+        if "path" not in options:
+            if name in PATH_DATASETS:
+                raise _Invalid("path", _MISSING, f"required for dataset {name!r}: a local path")
+            return options
+        if not isinstance(options["path"], str):
+            raise _Invalid("path", options["path"], "must be a string (a file or directory)")
+        base = (info.context or {}).get("base_dir") or Path.cwd()
+        path = (Path(base) / Path(options["path"]).expanduser()).resolve()
+        if not path.exists():
+            raise _Invalid("path", options["path"], f"does not exist (tried {path})")
+        return {**options, "path": str(path)}
+
+
+class Training(_Model):
+    """``training``: epochs, batch size, early stopping, time budget, device, LR schedule."""
+
+    epochs: int = Field(20, ge=1)
+    batch_size: int = Field(32, ge=1)
+    patience: int | None = Field(5, ge=1)
+    min_epochs: int = Field(0, ge=0)
+    time_budget_s: float | None = Field(None, gt=0)
+    device: str = "auto"
+    schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "constant"})
+    posterior_every: int = Field(10, ge=0)  # switch posterior logged every N steps (0: per epoch)
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, device: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda|cuda:\d+", device):
+            raise _Invalid("", device, "must be auto, cpu, cuda or cuda:N")
+        return device
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, spec: dict[str, Any]) -> dict[str, Any]:
+        if "name" not in spec:
+            raise _Invalid("name", _MISSING, f"required: one of {', '.join(SCHEDULE_OPTIONS)}")
+        name = _check_choice("name", spec["name"], tuple(SCHEDULE_OPTIONS), "schedule")
+        for key, value in spec.items():
+            if key != "name":
+                _check_choice(str(key), key, SCHEDULE_OPTIONS[name], f"option of {name!r}")
+                if isinstance(value, bool) or not isinstance(value, int | float):
+                    raise _Invalid(str(key), value, "must be a number")
+        return spec
+
+    @model_validator(mode="after")
+    def _min_epochs(self) -> Training:
+        if self.min_epochs > self.epochs:
+            raise _Invalid("min_epochs", self.min_epochs, f"must be <= epochs ({self.epochs})")
+        return self
+
+
+class Alrao(_Model):
+    """``alrao``: the log-uniform interval, K heads, switch prior and the base optimizer."""
+
+    lr_min: float = Field(1e-5, gt=0)
+    lr_max: float = 10.0
+    n_heads: int = Field(10, ge=1)
+    theta: float = Field(0.999, gt=0, lt=1)
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    momentum: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+
+    @model_validator(mode="after")
+    def _interval(self) -> Alrao:
+        if not self.lr_min < self.lr_max:
+            raise _Invalid("lr_min", self.lr_min, f"must be < lr_max ({self.lr_max})")
+        return self
+
+
+class Asha(_Model):
+    """``stage1.asha``: Ray's ASHA early stopping of weak architectures (``max_t`` = epochs)."""
+
+    grace_period: int = Field(2, ge=1)
+    reduction_factor: float = Field(2.0, gt=1)
+
+
+class Stage1(_Model):
+    """``stage1``: one Alrao run per architecture and seed; keep the ``top_k`` by ``metric``."""
+
+    seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    metric: Literal["val_loss", "val_acc", "best_head_val_loss"] = "val_loss"
+    top_k: int = Field(2, ge=1)
+    asha: Asha | None = None
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value: Any) -> Any:
+        return _seed_list(value)
+
+
+class LrRange(_Model):
+    """A log-scale search range ``[low, high]``, ``0 < low < high``."""
+
+    low: float = Field(gt=0)
+    high: float
+
+    @model_validator(mode="after")
+    def _order(self) -> LrRange:
+        if not self.low < self.high:
+            raise _Invalid("low", self.low, f"must be < high ({self.high})")
+        return self
+
+
+class SearchRange(_Model):
+    """A searched range ``[low, high]``, linear or (``log: true``) log-scale."""
+
+    low: float = Field(ge=0)
+    high: float
+    log: bool = False
+
+    @model_validator(mode="after")
+    def _order(self) -> SearchRange:
+        if not self.low < self.high:
+            raise _Invalid("low", self.low, f"must be < high ({self.high})")
+        if self.log and self.low <= 0:
+            raise _Invalid("low", self.low, "must be > 0 for a log-scale range")
+        return self
+
+
+def _fixed_or_range(value: Any) -> str:
+    return "range" if isinstance(value, Mapping | SearchRange) else "fixed"
+
+
+FixedOrRange = Annotated[
+    Annotated[float, Tag("fixed")] | Annotated[SearchRange, Tag("range")],
+    Discriminator(_fixed_or_range),
+]
+
+
+class Stage2(_Model):
+    """``stage2``: an Optuna (Ray ``OptunaSearch``) learning-rate search per top-k architecture."""
+
+    enabled: bool = True
+    optimizer: Literal["sgd", "adam"] = "sgd"
+    lr: LrRange = Field(default_factory=lambda: LrRange(low=1e-4, high=1.0))
+    momentum: FixedOrRange = 0.0
+    weight_decay: FixedOrRange = 0.0
+    trials_per_arch: int = Field(6, ge=1)
+    sampler: Literal["tpe", "random"] = "tpe"
+    seed: int = 0
+    seed_with_alrao: bool = True
+    metric: Literal["val_loss", "val_acc"] = "val_loss"
+
+    @model_validator(mode="after")
+    def _momentum_below_one(self) -> Stage2:
+        top = self.momentum.high if isinstance(self.momentum, SearchRange) else self.momentum
+        if top >= 1:
+            raise _Invalid("momentum", _dump(self.momentum), "must be in [0, 1)")
+        return self
+
+    @field_validator("momentum", "weight_decay")
+    @classmethod
+    def _non_negative(cls, value: float | SearchRange) -> float | SearchRange:
+        if isinstance(value, float) and value < 0:
+            raise _Invalid("", value, "must be >= 0")
+        return value
+
+
+class Compare(_Model):
+    """``compare``: the truth the proxy is measured against (SGD over ``lr_grid``, Adam)."""
+
+    lr_grid: list[float] = Field(default_factory=lambda: list(PAPER_LR_GRID), min_length=1)
+    half_decades: bool = False
+    momentum: list[float] = Field(default_factory=lambda: [0.0], min_length=1)
+    adam: bool = True
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+    min_epochs: int | None = Field(None, ge=0)
+
+    @field_validator("seeds", mode="before")
+    @classmethod
+    def _seeds(cls, value: Any) -> Any:
+        return _seed_list(value)
+
+    @field_validator("lr_grid", "momentum")
+    @classmethod
+    def _bounds(cls, values: list[float], info: ValidationInfo) -> list[float]:
+        for i, v in enumerate(values):
+            if info.field_name == "lr_grid" and not v > 0:
+                raise _Invalid(f"[{i}]", v, "learning rates must be > 0")
+            if info.field_name == "momentum" and not 0 <= v < 1:
+                raise _Invalid(f"[{i}]", v, "momentum must be in [0, 1)")
+        return values
+
+    def lr_values(self) -> list[float]:
+        """The sorted SGD grid; with ``half_decades``, x·√10 (3 significant digits) added."""
+        grid = sorted(set(self.lr_grid))
+        if self.half_decades:
+            mids = [float(f"{a * math.sqrt(10):.3g}") for a in grid[:-1]]
+            grid = sorted(set(grid) | {m for m, b in zip(mids, grid[1:], strict=True) if m < b})
+        return grid
+
+
+class Resources(_Model):
+    """``resources``: Ray resources of one trial (fractions allowed)."""
+
+    cpu: float = Field(1.0, gt=0)
+    gpu: float = Field(0.0, ge=0)
+
+
+def _seed_list(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 1:
+            raise _Invalid("", value, "a seed count must be >= 1 (or give a list of seeds)")
+        return list(range(value))
+    return value
+
+
+def _expand_env(value: Any, key: str) -> Any:
+    if isinstance(value, str):
+        for var in _ENV_VAR.findall(value):
+            if var not in os.environ:
+                raise _Invalid(key, value, f"environment variable {var} is not set; export it")
+        return _ENV_VAR.sub(lambda m: os.environ[m.group(1)], value)
+    if isinstance(value, list):
+        return [_expand_env(v, f"{key}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, dict):
+        return {k: _expand_env(v, f"{key}.{k}") for k, v in value.items()}
+    return value
+
+
+def _dump(value: Any) -> Any:
+    return value.model_dump() if isinstance(value, BaseModel) else value

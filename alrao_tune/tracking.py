@@ -1,0 +1,598 @@
+"""MLflow tracking: the run tree pipeline -> stage -> trial, written from the Tune driver.
+
+:func:`prepare_store` creates the store and experiment before any trial runs;
+:class:`RunTree` is a thin helper over ``MlflowClient`` for nested runs;
+``MLflowTrialCallback`` (a ``ray.tune.Callback``) gives every trial a child run of a
+stage run and logs each ``tune.report`` with ``MlflowClient.log_batch`` (at most 1,000
+metrics a call) on one background thread, so workers need no MLflow access and a slow
+store does not hold up Tune's event loop. It works with any function trainable.
+
+The metric step is ``epoch`` when reported, else Tune's ``training_iteration``. A report
+may carry ``step_metrics = {name: [[step, value], ...]}`` (per-step values since the
+last report), expanded into entries at those steps. String fields (``status``) become
+tags. Tune's own keys are skipped except ``time_total_s``. NaN is stored as NaN; MLflow
+clips +-inf to +-1.797e308; both are counted in the tag ``alrao_tune.nonfinite_values``.
+A report whose step is not past the last logged step of its trial (a trial restored from
+a checkpoint re-reporting it) is skipped and counted in ``alrao_tune.replayed_results``,
+so every value arrives exactly once, also across a resume (``alrao_tune.last_step``).
+``ray.tune`` is imported on first use of ``MLflowTrialCallback``; MLflow inside methods.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import numbers
+import os
+import queue
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mlflow import MlflowClient
+
+log = logging.getLogger(__name__)
+
+TRIAL_ID_TAG = "alrao_tune.trial_id"
+ERROR_TAG = "alrao_tune.error"
+STOPPED_TAG = "alrao_tune.stopped_early"
+LAST_STEP_TAG = "alrao_tune.last_step"
+NONFINITE_TAG = "alrao_tune.nonfinite_values"
+REPLAYED_TAG = "alrao_tune.replayed_results"
+FAILURES_TAG = "alrao_tune.failures"
+PARENT_TAG = "mlflow.parentRunId"
+RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
+MAX_PARAM_LEN, MAX_TAG_LEN, MAX_KEY_LEN = 6000, 8000, 250
+METRICS_PER_BATCH, PARAMS_PER_BATCH = 1000, 100
+# Keys Tune adds to every result; of these only ``time_total_s`` is logged.
+TUNE_RESULT_KEYS = frozenset({
+    "trial_id", "experiment_id", "experiment_tag", "date", "timestamp", "time_this_iter_s",
+    "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
+    "training_iteration", "done", "checkpoint_dir_name", "should_checkpoint",
+    "timesteps_total", "episodes_total", "timesteps_since_restore", "episodes_this_iter",
+    "timesteps_this_iter", "__duplicate__", "__trial_info__", "trainable_name",
+})
+STEP_METRICS_KEY = "step_metrics"
+
+
+class TrackingError(RuntimeError):
+    """The MLflow store cannot be used (unreachable server, failed run creation)."""
+
+
+def flatten(d: Mapping[str, Any], prefix: str = "", *, sep: str = ".") -> dict[str, Any]:
+    """Flattens nested mappings: ``{"a": {"b": 1}}`` -> ``{"a.b": 1}`` (leaves kept as is)."""
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        name = f"{prefix}{sep}{key}" if prefix else str(key)
+        if isinstance(value, Mapping) and value:
+            out.update(flatten(value, name, sep=sep))
+        else:
+            out[name] = value
+    return out
+
+
+_BAD_NAME_CHARS = re.compile(r"[^/\w.\- :]")
+
+
+def sanitize_metric_name(name: str) -> str:
+    """A name MLflow accepts for a metric, param or tag (at most 250 characters).
+
+    MLflow allows alphanumerics, ``_ - . : /`` and spaces, and rejects names that a path
+    normalisation would change: ``..``, ``//``, a ``.`` segment, a leading or trailing
+    ``/``. Other characters become ``_``; ``posterior/head_03`` is kept unchanged.
+    """
+    name = _BAD_NAME_CHARS.sub("_", str(name)[:MAX_KEY_LEN])
+    while ".." in name:
+        name = name.replace("..", "_")
+    return "/".join("_" if part == "." else part for part in name.split("/") if part) or "_"
+
+
+def default_tracking_uri() -> str:
+    """``MLFLOW_TRACKING_URI`` when set, else ``sqlite:///<abs cwd>/mlflow.db``."""
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{Path.cwd().resolve()}/mlflow.db"
+
+
+def sqlite_path(uri: str) -> Path | None:
+    """The database file of a ``sqlite:///`` URI (None for other stores)."""
+    if not uri.startswith("sqlite:///"):
+        return None
+    return Path(uri[len("sqlite:///"):].split("?", 1)[0]).resolve()
+
+
+def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
+    """Raises :class:`TrackingError` when an http(s) tracking server does not answer."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
+            return
+    except urllib.error.HTTPError:
+        return  # it answered (an auth proxy or an old server without /health)
+    except (OSError, ValueError) as exc:
+        raise TrackingError(
+            f"cannot reach MLflow tracking server at {uri}: {exc}; start one with "
+            "`mlflow server --backend-store-uri sqlite:///mlflow.db --host 127.0.0.1 "
+            "--port 5000` or pass --tracking-uri sqlite:///mlflow.db") from exc
+
+
+def prepare_store(uri: str, experiment: str, *, artifact_root: str | None = None) -> str:
+    """Creates (or migrates) the store and gets or creates ``experiment``; returns its id.
+
+    Call it in the driver before any trial: processes creating a fresh SQLite database at
+    once race. Artifacts go to ``<artifact_root>/<experiment>`` when given, else for
+    SQLite to ``<db dir>/mlartifacts/<experiment>``, else the server's default.
+    """
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    check_reachable(uri)
+    db = sqlite_path(uri)
+    if db is not None:
+        db.parent.mkdir(parents=True, exist_ok=True)
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-") or "experiment"
+    root = Path(artifact_root) if artifact_root else db.parent / "mlartifacts" if db else None
+    location = str(root / safe) if root is not None and "://" not in str(root) else (
+        f"{artifact_root.rstrip('/')}/{safe}" if artifact_root else None)
+    client = MlflowClient(uri)  # creates and migrates the SQLite schema
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        try:
+            return client.create_experiment(experiment, artifact_location=location)
+        except MlflowException:  # created meanwhile by another process
+            found = client.get_experiment_by_name(experiment)
+            if found is None:
+                raise
+    if found.lifecycle_stage == "deleted":
+        client.restore_experiment(found.experiment_id)
+    return found.experiment_id
+
+
+def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
+    return (items[i:i + size] for i in range(0, len(items), size))
+
+
+def _clip(value: Any, limit: int) -> str:
+    text = str(value)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+class RunTree:
+    """A thin helper over ``MlflowClient`` for nested runs of one experiment (picklable)."""
+
+    def __init__(self, uri: str, experiment_id: str) -> None:
+        self.uri = uri
+        self.experiment_id = experiment_id
+        self._client: MlflowClient | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"uri": self.uri, "experiment_id": self.experiment_id, "_client": None}
+
+    @property
+    def client(self) -> MlflowClient:
+        """The ``MlflowClient`` (created on first use)."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            self._client = MlflowClient(self.uri)
+        return self._client
+
+    def start(self, name: str, *, parent_run_id: str | None = None,
+              params: Mapping[str, Any] | None = None,
+              tags: Mapping[str, Any] | None = None) -> str:
+        """Creates a RUNNING run (a child of ``parent_run_id``) with params; returns its id."""
+        all_tags = {sanitize_metric_name(k): _clip(v, MAX_TAG_LEN) for k, v in (tags or {}).items()}
+        if parent_run_id:
+            all_tags[PARENT_TAG] = parent_run_id
+        run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        if params:
+            self.log_params(run.info.run_id, params)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
+        """Logs flattened ``params`` ("a.b.c"), values clipped to MLflow's 6,000 characters."""
+        from mlflow.entities import Param
+
+        items = [Param(sanitize_metric_name(k), _clip(v, MAX_PARAM_LEN))
+                 for k, v in flatten(params).items()]
+        for chunk in _chunks(items, PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, params=chunk)
+
+    def log_metrics(self, run_id: str, metrics: Mapping[str, float],
+                    step: int | None = None) -> None:
+        """Logs the numeric values of ``metrics`` at ``step`` (default 0), batched."""
+        entries = [(sanitize_metric_name(k), float(v), step or 0) for k, v in metrics.items()
+                   if isinstance(v, numbers.Real)]
+        self.log_entries(run_id, entries)
+
+    def log_entries(self, run_id: str, entries: Sequence[tuple[str, float, int]],
+                    tags: Mapping[str, Any] | None = None, timestamp_ms: int | None = None,
+                    ) -> None:
+        """Logs ``(key, value, step)`` entries with valid keys, <= 1,000 per call, and tags."""
+        from mlflow.entities import Metric
+
+        ts = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
+        metrics = [Metric(k, v, ts, s) for k, v, s in entries]
+        for chunk in _chunks(metrics, METRICS_PER_BATCH):
+            self.client.log_batch(run_id, metrics=chunk)
+        if tags:
+            self.set_tags(run_id, tags)
+
+    def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
+        """Sets tags (values clipped to MLflow's 8,000 characters), batched."""
+        from mlflow.entities import RunTag
+
+        items = [RunTag(sanitize_metric_name(k), _clip(v, MAX_TAG_LEN)) for k, v in tags.items()]
+        for chunk in _chunks(items, PARAMS_PER_BATCH):
+            self.client.log_batch(run_id, tags=chunk)
+
+    def log_artifact(self, run_id: str, local_path: str | Path,
+                     artifact_path: str | None = None) -> None:
+        """Uploads a local file or folder to the run's artifacts."""
+        self.client.log_artifact(run_id, str(local_path), artifact_path)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        """Writes ``text`` as the artifact ``artifact_file``."""
+        self.client.log_text(run_id, text, artifact_file)
+
+    def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
+        """Writes ``obj`` as a JSON/YAML artifact (by the file's extension)."""
+        self.client.log_dict(run_id, obj, artifact_file)
+
+    def end(self, run_id: str, status: str = "FINISHED") -> None:
+        """Ends the run as FINISHED, FAILED or KILLED."""
+        if status not in RUN_STATUSES:
+            raise ValueError(f"status must be one of {RUN_STATUSES}, but got {status=}.")
+        self.client.set_terminated(run_id, status)
+
+    def reopen(self, run_id: str) -> dict[str, str]:
+        """Marks an ended run RUNNING again (to continue it on resume); returns its tags."""
+        run = self.client.get_run(run_id)
+        if run.info.status != "RUNNING":
+            self.client.update_run(run_id, status="RUNNING")
+        return dict(run.data.tags)
+
+    def find_run(self, *, parent_run_id: str | None, tag_key: str,
+                 tag_value: str) -> str | None:
+        """The newest active run with ``tag_key == tag_value`` under the parent, or None."""
+        quote = "'" if "'" not in tag_value else '"'
+        filters = [f"tags.`{PARENT_TAG}` = '{parent_run_id}'"] if parent_run_id else []
+        if quote not in tag_value:
+            filters.append(f"tags.`{tag_key}` = {quote}{tag_value}{quote}")
+        runs = self.client.search_runs(
+            [self.experiment_id], " and ".join(filters),
+            order_by=["attributes.start_time DESC"], max_results=1000)
+        return next((r.info.run_id for r in runs if r.data.tags.get(tag_key) == tag_value),
+                    None)
+
+
+class _Writer:
+    """Runs MLflow calls in order on one background thread (or inline when not ``background``)."""
+
+    def __init__(self, background: bool) -> None:
+        self.background = background
+        self.stats = {"calls": 0, "write_s": 0.0, "errors": 0}
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+
+    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Queues ``fn(*args)``; a failure is logged as a warning, never raised."""
+        self._put(fn, args, None)
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """Runs ``fn(*args, **kwargs)`` after everything queued; returns or raises its result."""
+        future: Future = Future()
+        self._put(functools.partial(fn, *args, **kwargs), (), future)
+        return future.result()
+
+    def close(self) -> None:
+        """Waits until everything queued is written and stops the thread."""
+        if self._thread is not None:
+            self._queue.put(None)
+            self._thread.join()
+            self._thread = None
+
+    def _put(self, fn: Callable[..., Any], args: tuple, future: Future | None) -> None:
+        if not self.background:
+            self._run((fn, args, future))
+            return
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
+            self._thread.start()
+        self._queue.put((fn, args, future))
+
+    def _loop(self) -> None:
+        while (item := self._queue.get()) is not None:
+            self._run(item)
+
+    def _run(self, item: tuple) -> None:
+        fn, args, future = item
+        start = time.perf_counter()
+        try:
+            out = fn(*args)
+        except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop training
+            self.stats["errors"] += 1
+            if future is None:
+                log.warning("MLflow write %s failed: %s", getattr(fn, "__name__", fn), exc)
+            else:
+                future.set_exception(exc)
+        else:
+            if future is not None:
+                future.set_result(out)
+        self.stats["calls"] += 1
+        self.stats["write_s"] += time.perf_counter() - start
+
+
+@dataclass
+class _TrialRun:
+    """What the callback keeps per trial between results."""
+
+    run_id: str
+    last_step: int | None = None
+    buffer: list[tuple[str, float, int]] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # changed since the last flush
+    strings: dict[str, str] = field(default_factory=dict)
+    last_flush: float = field(default_factory=time.monotonic)
+    nonfinite: int = 0
+    replayed: int = 0
+    stopped: bool = False
+
+
+def _result_step(result: Mapping[str, Any]) -> int:
+    epoch = result.get("epoch")
+    if isinstance(epoch, numbers.Real) and not isinstance(epoch, bool) and math.isfinite(epoch):
+        return int(epoch)
+    return int(result.get("training_iteration") or 0)
+
+
+def _error_text(trial: Any) -> str:
+    """The trial's error trace: Tune writes ``trial.error_file`` before ``on_trial_error``."""
+    path = getattr(trial, "error_file", None)
+    if path and Path(path).is_file():
+        return Path(path).read_text(errors="replace")
+    try:
+        text = trial.get_error()
+    except Exception:  # noqa: BLE001 - best effort
+        text = None
+    return str(text) if text else "unknown error (Tune wrote no error file)"
+
+
+def _error_summary(text: str) -> str:
+    """The last line of a traceback (``RuntimeError: boom``), else the text itself."""
+    lines = [ln.strip() for ln in text.strip().splitlines() if ln.strip()]
+    return _clip(lines[-1] if lines else text, 1000)
+
+
+class _TrialLogger:
+    """The logic of ``MLflowTrialCallback`` (the ``ray.tune.Callback`` base is added lazily).
+
+    Args:
+        tree: the store and experiment the trial runs go to.
+        parent_run_id: the stage run; each trial becomes its child run.
+        trial_name_fn: ``trial -> run name`` (default: the trial id).
+        extra_tags: tags set on every trial run.
+        flush_every: flush a trial's buffer once it holds this many values ...
+        flush_interval_s: ... or its last flush is this old (checked at every result and
+            every Tune loop step; 0 flushes every result).
+        param_keys: flattened config keys (or prefixes of them) to log as params; all
+            when None.
+        background: write on a background thread (default) instead of in Tune's loop.
+
+    Attributes:
+        run_ids: trial id -> MLflow run id, for every trial seen.
+        stats: values logged, seconds spent in hooks (Tune's loop) and in writes.
+    """
+
+    def __init__(self, tree: RunTree, parent_run_id: str, *,
+                 trial_name_fn: Callable[[Any], str] | None = None,
+                 extra_tags: Mapping[str, Any] | None = None, flush_every: int = 1000,
+                 flush_interval_s: float = 2.0, param_keys: Sequence[str] | None = None,
+                 background: bool = True) -> None:
+        self.tree = tree
+        self.parent_run_id = parent_run_id
+        self.trial_name_fn = trial_name_fn
+        self.extra_tags = dict(extra_tags or {})
+        self.flush_every = flush_every
+        self.flush_interval_s = flush_interval_s
+        self.param_keys = tuple(param_keys) if param_keys is not None else None
+        self.background = background
+        self.run_ids: dict[str, str] = {}
+        self._init_runtime()
+
+    def _init_runtime(self) -> None:
+        self._trials: dict[str, _TrialRun] = {}
+        self._names: dict[str, str] = {}
+        self._writer = _Writer(self.background)
+        self.stats: dict[str, float] = {"values": 0, "hook_s": 0.0}
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        for key in ("_trials", "_names", "_writer", "stats"):
+            state.pop(key, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._init_runtime()
+
+    # Tune hooks -----------------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Creates the trial's run, or reopens it when the trial restarts or resumes."""
+        self._open(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any,
+                        result: dict, **info: Any) -> None:
+        """Buffers the result's values (``step_metrics`` expanded); flushes when due."""
+        start = time.perf_counter()
+        run = self._trials.get(trial.trial_id) or self._open(trial)
+        step = _result_step(result)
+        if run.last_step is not None and step <= run.last_step:
+            run.replayed += 1
+        else:
+            run.last_step = step
+            n = len(run.buffer)
+            self._collect(run, result, step)
+            self.stats["values"] += len(run.buffer) - n
+            run.stopped = bool(result.get("done"))
+            if (len(run.buffer) >= self.flush_every
+                    or time.monotonic() - run.last_flush >= self.flush_interval_s):
+                self._flush(run)
+        self.stats["hook_s"] += time.perf_counter() - start
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        """Flushes buffers older than ``flush_interval_s`` (long epochs stay visible)."""
+        now = time.monotonic()
+        for run in self._trials.values():
+            if run.buffer and now - run.last_flush >= self.flush_interval_s:
+                self._flush(run)
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Flushes and notes the failure; the run stays open for the retry."""
+        run = self._trials.get(trial.trial_id)
+        if run is not None:
+            run.tags[FAILURES_TAG] = str(getattr(trial, "num_failures", 1))
+            run.tags["alrao_tune.last_error"] = _error_summary(_error_text(trial))
+            self._flush(run)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Ends the run FINISHED, also for a trial a scheduler (ASHA) or stopper ended."""
+        run = self._trials.get(trial.trial_id)
+        if run is not None:
+            status = run.strings.get("status", "running")
+            run.tags[STOPPED_TAG] = str(run.stopped and status == "running").lower()
+            self._finish(trial.trial_id, "FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        """Ends the run FAILED with the error in a tag and ``error.txt``."""
+        run = self._trials.get(trial.trial_id) or self._open(trial)
+        text = _error_text(trial)
+        run.tags[ERROR_TAG] = _error_summary(text)
+        self._writer.submit(self.tree.log_text, run.run_id, text, "error.txt")
+        self._finish(trial.trial_id, "FAILED")
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        """Ends still-open runs KILLED and waits for every write."""
+        self.close()
+
+    def get_state(self) -> dict[str, Any]:
+        """Tune's experiment checkpoint keeps the run ids for a resume."""
+        return {"run_ids": dict(self.run_ids)}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        """Restores the run ids of a resumed experiment."""
+        self.run_ids.update(state.get("run_ids", {}))
+
+    # Helpers --------------------------------------------------------------------------
+    def close(self) -> None:
+        """Ends every still-open run KILLED (never left RUNNING); waits for all writes."""
+        for trial_id in list(self._trials):
+            self._finish(trial_id, "KILLED")
+        self._writer.close()
+
+    def _open(self, trial: Any) -> _TrialRun:
+        trial_id = trial.trial_id
+        if trial_id in self._trials:
+            return self._trials[trial_id]
+        run_id = self.run_ids.get(trial_id) or self._writer.call(
+            self.tree.find_run, parent_run_id=self.parent_run_id, tag_key=TRIAL_ID_TAG,
+            tag_value=trial_id)
+        run = _TrialRun(run_id or "")
+        if run_id:
+            tags = self._writer.call(self.tree.reopen, run_id)
+            if LAST_STEP_TAG in tags:
+                run.last_step = int(tags[LAST_STEP_TAG])
+        else:
+            run.run_id = self._writer.call(self._start, trial)
+        self.run_ids[trial_id] = run.run_id
+        self._trials[trial_id] = run
+        return run
+
+    def _start(self, trial: Any) -> str:
+        name = self.trial_name_fn(trial) if self.trial_name_fn else str(trial.trial_id)
+        params = flatten(trial.config or {})
+        if self.param_keys is not None:
+            params = {k: v for k, v in params.items()
+                      if any(k == p or k.startswith(p + ".") for p in self.param_keys)}
+        tags = {**self.extra_tags, TRIAL_ID_TAG: trial.trial_id}
+        try:
+            return self.tree.start(name, parent_run_id=self.parent_run_id, params=params,
+                                   tags=tags)
+        except Exception as exc:
+            raise TrackingError(f"cannot create the MLflow run of trial {name}: {exc}") from exc
+
+    def _collect(self, run: _TrialRun, result: Mapping[str, Any], step: int) -> None:
+        names = self._names
+        for key, value in result.items():
+            if key in TUNE_RESULT_KEYS:
+                continue
+            if key == STEP_METRICS_KEY and isinstance(value, Mapping):
+                for name, pairs in value.items():
+                    name = names.get(name) or names.setdefault(name, sanitize_metric_name(name))
+                    for s, v in pairs:
+                        self._add(run, name, v, int(s))
+            elif isinstance(value, Mapping):
+                for sub, v in flatten(value, key, sep="/").items():
+                    self._add(run, sanitize_metric_name(sub), v, step)
+            elif isinstance(value, str):
+                if run.strings.get(key) != value:
+                    run.strings[key] = run.tags[key] = value
+            else:
+                name = names.get(key) or names.setdefault(key, sanitize_metric_name(key))
+                self._add(run, name, value, step)
+
+    @staticmethod
+    def _add(run: _TrialRun, name: str, value: Any, step: int) -> None:
+        if isinstance(value, numbers.Real):
+            value = float(value)
+            if not math.isfinite(value):
+                run.nonfinite += 1
+            run.buffer.append((name, value, step))
+
+    def _flush(self, run: _TrialRun) -> None:
+        entries, run.buffer, run.last_flush = run.buffer, [], time.monotonic()
+        if entries and run.last_step is not None:
+            run.tags[LAST_STEP_TAG] = str(run.last_step)
+        if entries or run.tags:
+            tags, run.tags = run.tags, {}
+            self._writer.submit(self.tree.log_entries, run.run_id, entries, tags)
+
+    def _finish(self, trial_id: str, status: str) -> None:
+        run = self._trials.pop(trial_id, None)
+        if run is None:
+            return
+        if run.nonfinite:
+            run.tags[NONFINITE_TAG] = str(run.nonfinite)
+        if run.replayed:
+            run.tags[REPLAYED_TAG] = str(run.replayed)
+        run.tags.update(run.strings)
+        self._flush(run)
+        self._writer.submit(self.tree.end, run.run_id, status)
+
+
+def __getattr__(name: str) -> Any:
+    """Builds ``MLflowTrialCallback`` (a ``ray.tune.Callback``) on first use: importing
+    ``ray.tune`` takes seconds, which users of the rest of this module need not pay."""
+    if name != "MLflowTrialCallback":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    try:
+        from ray.tune import Callback
+    except ImportError as exc:  # pragma: no cover - ray is a dependency
+        raise ImportError("MLflowTrialCallback needs Ray Tune: pip install 'ray[tune]'") from exc
+    cls = type("MLflowTrialCallback", (_TrialLogger, Callback), {
+        "__module__": __name__, "__qualname__": "MLflowTrialCallback",
+        "__doc__": "A driver-side ``ray.tune.Callback`` logging every trial to MLflow.\n\n"
+                   + (_TrialLogger.__doc__ or "").split("\n", 2)[-1]})
+    globals()["MLflowTrialCallback"] = cls
+    return cls
+
+
+if TYPE_CHECKING:
+    MLflowTrialCallback = _TrialLogger

@@ -1,0 +1,342 @@
+"""The screening pipeline: validate -> stage 1 (Alrao) -> top-k -> stage 2 (Optuna) -> leaderboard.
+
+Everything is tracked in MLflow as ``pipeline run -> stage run -> one run per trial``,
+logged from the driver; trials, checkpoints and Tune state live under ``storage``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from alrao_tune import report
+from alrao_tune.space import SearchSpace, load_space
+from alrao_tune.tune import stages
+from alrao_tune.tune.preflight import preflight
+from alrao_tune.tune.runner import TuneJob, run_job, trials_frame
+
+Progress = Callable[[str], None]
+
+
+@dataclass
+class ScreenResult:
+    """What :func:`screen` returns (and writes to ``results.json``)."""
+
+    space: str
+    stage1_trials: pd.DataFrame
+    stage1: pd.DataFrame
+    stage2_trials: pd.DataFrame | None
+    stage2: pd.DataFrame | None
+    leaderboard: pd.DataFrame
+    tracking_uri: str
+    experiment_id: str
+    run_ids: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+    storage: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-able dict (NaN/inf become None)."""
+        def rows(frame: pd.DataFrame | None) -> list[dict[str, Any]]:
+            if frame is None:
+                return []
+            return [{k: _clean(v) for k, v in r.items()} for r in frame.to_dict("records")]
+
+        return {
+            "space": self.space, "tracking_uri": self.tracking_uri,
+            "experiment_id": self.experiment_id, "run_ids": self.run_ids,
+            "timings": {k: _clean(v) for k, v in self.timings.items()},
+            "storage": self.storage, "leaderboard": rows(self.leaderboard),
+            "stage1": rows(self.stage1), "stage2": rows(self.stage2),
+            "stage1_trials": rows(self.stage1_trials), "stage2_trials": rows(self.stage2_trials),
+        }
+
+
+def _clean(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def screen(
+    space: SearchSpace | str | Path,
+    *,
+    overrides: Sequence[str] = (),
+    tracking_uri: str | None = None,
+    storage: str | Path | None = None,
+    address: str | None = None,
+    output: str | Path | None = None,
+    resume: bool = False,
+    progress: Progress | None = print,
+) -> ScreenResult:
+    """Runs the two-stage screening of a search space; see the module docstring.
+
+    Raises:
+        SpaceError, ConfigError, DatasetError, ArchError, TrackingError: bad input, raised
+            before anything is written to MLflow or storage.
+    """
+    from alrao_tune import tracking
+    from alrao_tune.tune.session import ray_session
+
+    say = progress or (lambda _msg: None)
+    if not isinstance(space, SearchSpace):
+        space = load_space(space, overrides)
+    archs = space.architectures_resolved()
+    preflight(space, archs)
+    uri = tracking_uri or tracking.default_tracking_uri()
+    experiment_id = tracking.prepare_store(uri, space.name)
+    root = Path(storage or "alrao_runs").expanduser().resolve() / stages.safe_name(space.name)
+    tree = tracking.RunTree(uri, experiment_id)
+    with ray_session(address):
+        pipe = _Pipeline(space, archs, tree, root, say, resume)
+        result = pipe.run()
+    result.tracking_uri = uri
+    if output is not None:
+        write_outputs(result, Path(output))
+    return result
+
+
+class _Pipeline:
+    """One invocation of the screening, with its MLflow runs (closed on any exit)."""
+
+    def __init__(self, space: SearchSpace, archs: list[dict[str, Any]], tree: Any,
+                 root: Path, say: Progress, resume: bool) -> None:
+        self.space, self.archs, self.tree, self.say, self.resume = space, archs, tree, say, resume
+        self.state = _PipelineState.open(root, resume)
+        self.run_ids: dict[str, str] = {}
+        self.open_runs: list[str] = []
+        self.timings: dict[str, float] = {}
+
+    def run(self) -> ScreenResult:
+        space, tree = self.space, self.tree
+        pipeline_run = self._run("pipeline", f"screen {space.name}", None, _space_params(space))
+        status = "FAILED"
+        try:
+            t1 = self._stage1(pipeline_run)
+            s1 = report.proxy_scores(t1, space.stage1.metric, space.stage1_mode)
+            self.say(_format_stage1(s1, space.stage1.top_k))
+            t2 = s2 = None
+            if space.stage2.enabled:
+                t2 = self._stage2(pipeline_run, s1)
+                s2 = report.best_trials(t2, space.stage2.metric, space.stage2_mode)
+            mode = space.stage2_mode if s2 is not None else space.stage1_mode
+            board = report.leaderboard(s1, s2, mode)
+            result = ScreenResult(space.name, t1, s1, t2, s2, board, "", tree.experiment_id,
+                                  dict(self.run_ids), dict(self.timings), str(self.state.root))
+            _log_pipeline_artifacts(tree, pipeline_run, space, result)
+            status = "FINISHED"
+            return result
+        except KeyboardInterrupt:
+            status = "KILLED"
+            raise
+        finally:
+            for run_id in reversed(self.open_runs):
+                tree.end(run_id, status)
+            self.state.finish(status)
+
+    def _run(self, key: str, name: str, parent: str | None, params: dict | None = None) -> str:
+        run_id = self.state.run_ids.get(key) if self.resume else None
+        if run_id is None:
+            run_id = self.tree.start(name, parent_run_id=parent, params=params,
+                                     tags={"alrao_tune.kind": key.split(":")[0]})
+            self.state.record(key, run_id)
+        else:
+            self.tree.reopen(run_id)
+        self.run_ids[key] = run_id
+        self.open_runs.append(run_id)
+        return run_id
+
+    def _end(self, run_id: str) -> None:
+        self.tree.end(run_id, "FINISHED")
+        self.open_runs.remove(run_id)
+
+    def _stage1(self, pipeline_run: str) -> pd.DataFrame:
+        space = self.space
+        n = len(self.archs) * len(space.stage1.seeds)
+        self.say(f"stage 1: {len(self.archs)} architectures x {len(space.stage1.seeds)} seed(s)"
+                 f" = {n} Alrao trials")
+        run = self._run("stage1", "stage1 (alrao)", pipeline_run)
+        job = TuneJob(
+            name="stage1", param_space=stages.stage1_param_space(space),
+            storage=self.state.root, resources=space.resources.model_dump(),
+            metric=f"best_{space.stage1.metric}", mode=space.stage1_mode,
+            scheduler=stages.stage1_scheduler(space))
+        frame = self._run_job(job, run, "stage1")
+        self._end(run)
+        return frame
+
+    def _stage2(self, pipeline_run: str, s1: pd.DataFrame) -> pd.DataFrame:
+        space, s2 = self.space, self.space.stage2
+        chosen = report.top_k(s1, space.stage1.top_k)
+        self.say(f"stage 2: Optuna search over the learning rate for the top {len(chosen)}: "
+                 f"{', '.join(chosen)} ({s2.trials_per_arch} trials each)")
+        run = self._run("stage2", "stage2 (optuna)", pipeline_run)
+        by_name = {a["name"]: a for a in self.archs}
+        lr_eff = dict(zip(s1["arch"], s1["lr_eff"]))
+        frames = []
+        for i, name in enumerate(chosen):
+            first = stages.seed_point(space, float(lr_eff.get(name, math.nan)))
+            metric = f"best_{s2.metric}"
+            job = TuneJob(
+                name=f"stage2-{i:02d}-{stages.safe_name(name)}",
+                param_space=stages.stage2_param_space(space, by_name[name]),
+                storage=self.state.root, resources=space.resources.model_dump(),
+                metric=metric, mode=space.stage2_mode, num_samples=s2.trials_per_arch,
+                search_alg=stages.stage2_searcher(space, metric, space.stage2_mode, first))
+            frame = self._run_job(job, run, f"stage2:{name}")
+            frame["seeded"] = [first is not None and math.isclose(v, first, rel_tol=1e-9)
+                               for v in frame["lr"]]
+            frames.append(frame)
+        self._end(run)
+        return pd.concat(frames, ignore_index=True)
+
+    def _run_job(self, job: TuneJob, stage_run: str, label: str) -> pd.DataFrame:
+        from alrao_tune.tracking import MLflowTrialCallback
+
+        callback = MLflowTrialCallback(self.tree, stage_run, trial_name_fn=_trial_name)
+        job.callbacks = [callback, _ProgressCallback(self.say, label)]
+        t0 = time.perf_counter()
+        try:
+            grid = run_job(job, resume=self.resume)
+        finally:
+            callback.close()
+        wall = time.perf_counter() - t0
+        frame = trials_frame(grid, callback.run_ids)
+        self.timings[f"{label}_wall_s"] = wall
+        self.timings[f"{label}_trial_s"] = float(frame["time_total_s"].fillna(0).sum())
+        self.tree.log_text(stage_run, frame.to_csv(index=False),
+                           f"trials-{stages.safe_name(label)}.csv")
+        return frame
+
+
+def _trial_name(trial: Any) -> str:
+    from alrao_tune.tune.trainable import trial_config
+
+    config = trial_config(trial.config)
+    if config.get("stage") == "stage1":
+        return f"{config['arch_name']} seed={config['train']['seed']}"
+    lr = config.get("lr")
+    return f"{config.get('arch_name', trial.trial_id)} lr={lr:.3g}" if lr else trial.trial_id
+
+
+class _ProgressCallback:
+    """Prints one line per finished trial (a Tune callback, duck-typed below)."""
+
+    def __new__(cls, say: Progress, label: str) -> Any:
+        from ray import tune
+
+        class Printer(tune.Callback):
+            def __init__(self) -> None:
+                self.done = 0
+
+            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **kw: Any):
+                self.done += 1
+                r = trial.last_result or {}
+                say(f"  [{label}] {self.done}/{len(trials)} {_trial_name(trial)}: "
+                    f"val_loss={r.get('best_val_loss', float('nan')):.4f} "
+                    f"val_acc={r.get('best_val_acc', float('nan')):.3f} "
+                    f"({r.get('run_status', r.get('status', 'stopped'))}, "
+                    f"{r.get('time_total_s', 0):.0f}s)")
+
+            def on_trial_error(self, iteration: int, trials: list, trial: Any, **kw: Any):
+                self.done += 1
+                say(f"  [{label}] {self.done}/{len(trials)} {_trial_name(trial)}: FAILED")
+
+        return Printer()
+
+
+def _format_stage1(s1: pd.DataFrame, k: int) -> str:
+    lines = ["stage 1 ranking (proxy score = mean best validation value of the Alrao runs):"]
+    for row in s1.itertuples():
+        mark = "*" if row.alrao_rank <= k and row.failed_runs < row.seeds else " "
+        failed = f"  ({row.failed_runs} failed/diverged)" if row.failed_runs else ""
+        lines.append(f" {mark}{row.alrao_rank:>3}  {row.arch:<32} {row.alrao_score:.4f}"
+                     f"  lr_eff={row.lr_eff:.2g}{failed}")
+    return "\n".join(lines)
+
+
+def _space_params(space: SearchSpace) -> dict[str, Any]:
+    raw = space.to_dict()
+    raw.pop("architectures", None)
+    raw.pop("grids", None)
+    raw["n_architectures"] = len(space.architectures_resolved())
+    return raw
+
+
+def _log_pipeline_artifacts(tree: Any, run_id: str, space: SearchSpace, r: ScreenResult) -> None:
+    tree.log_text(run_id, space.to_yaml(), "space.yaml")
+    tree.log_text(run_id, r.leaderboard.to_csv(index=False), "leaderboard.csv")
+    tree.log_text(run_id, r.stage1.to_csv(index=False), "stage1.csv")
+    if r.stage2 is not None:
+        tree.log_text(run_id, r.stage2.to_csv(index=False), "stage2.csv")
+    tree.log_dict(run_id, r.to_json(), "results.json")
+    tree.log_metrics(run_id, {k: v for k, v in r.timings.items() if math.isfinite(v)})
+
+
+def write_outputs(result: ScreenResult, output: Path) -> None:
+    """Writes ``leaderboard.csv``, ``stage1.csv``, ``stage2.csv``, ``results.json``."""
+    output.mkdir(parents=True, exist_ok=True)
+    result.leaderboard.to_csv(output / "leaderboard.csv", index=False)
+    result.stage1.to_csv(output / "stage1.csv", index=False)
+    if result.stage2 is not None:
+        result.stage2.to_csv(output / "stage2.csv", index=False)
+    (output / "results.json").write_text(json.dumps(result.to_json(), indent=2))
+
+
+class ResumeError(RuntimeError):
+    """``--resume`` found nothing (or nothing readable) to resume."""
+
+
+class _PipelineState:
+    """``<root>/pipeline.json``: the MLflow run ids of an invocation, for ``--resume``."""
+
+    def __init__(self, root: Path, data: dict[str, Any]) -> None:
+        self.root, self.data = root, data
+
+    @property
+    def run_ids(self) -> dict[str, str]:
+        return self.data.setdefault("run_ids", {})
+
+    @classmethod
+    def open(cls, base: Path, resume: bool) -> _PipelineState:
+        """The newest invocation's state under ``base`` (resume) or a fresh one."""
+        latest = base / "LATEST"
+        if resume:
+            if not latest.exists():
+                raise ResumeError(f"nothing to resume under {base}: no earlier screening of "
+                                  "this space there; run it without --resume.")
+            root = base / latest.read_text().strip()
+            try:
+                return cls(root, json.loads((root / "pipeline.json").read_text()))
+            except (OSError, ValueError) as err:
+                raise ResumeError(f"cannot resume from {root}: {err}") from err
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        root, n = base / stamp, 1
+        while root.exists():
+            root, n = base / f"{stamp}-{n}", n + 1
+        root.mkdir(parents=True)
+        latest.write_text(root.name)
+        state = cls(root, {"status": "RUNNING", "run_ids": {}})
+        state._write()
+        return state
+
+    def record(self, key: str, run_id: str) -> None:
+        self.run_ids[key] = run_id
+        self._write()
+
+    def finish(self, status: str) -> None:
+        self.data["status"] = status
+        self._write()
+
+    def _write(self) -> None:
+        tmp = self.root / "pipeline.json.tmp"
+        tmp.write_text(json.dumps(self.data, indent=2))
+        tmp.replace(self.root / "pipeline.json")

@@ -1,0 +1,116 @@
+"""The two screening stages as Ray Tune jobs.
+
+Stage 1: one trial per (architecture, seed), method ``alrao``; the trials are a
+``tune.grid_search`` over prepared configs, optionally under ASHA.
+Stage 2: for each top-k architecture, an Optuna search (Ray Tune ``OptunaSearch``,
+seeded TPE by default) over the learning rate (log scale) and whatever else the search
+space opens (momentum, weight decay), first evaluating the Alrao effective learning rate
+of that architecture when ``seed_with_alrao`` is on.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from typing import Any
+
+from alrao_tune.space import SearchSpace
+
+
+def device_for(space: SearchSpace) -> str:
+    """The trial device: the YAML's ``training.device``; ``auto`` follows ``resources.gpu``."""
+    device = space.training.device
+    if device == "auto":
+        return "cuda" if space.resources.gpu > 0 else "cpu"
+    return device
+
+
+def train_config(space: SearchSpace, arch: dict[str, Any], *, method: str, seed: int) -> dict:
+    """The plain-dict TrainConfig of one trial of ``arch`` (validated by the trainable)."""
+    t = space.training
+    cfg: dict[str, Any] = {
+        "dataset": space.dataset.name, "dataset_options": dict(space.dataset.options),
+        "data_seed": space.dataset.seed, "arch": dict(arch), "method": method, "seed": seed,
+        "epochs": t.epochs, "batch_size": t.batch_size, "patience": t.patience,
+        "min_epochs": t.min_epochs, "time_budget_s": t.time_budget_s,
+        "device": device_for(space), "schedule": dict(t.schedule),
+    }
+    if method == "alrao":
+        a = space.alrao
+        cfg.update(lr_min=a.lr_min, lr_max=a.lr_max, n_heads=a.n_heads, theta=a.theta,
+                   alrao_optimizer=a.optimizer, momentum=a.momentum,
+                   weight_decay=a.weight_decay, posterior_every=t.posterior_every)
+    return cfg
+
+
+def stage1_param_space(space: SearchSpace) -> dict[str, Any]:
+    """A grid over every (architecture, seed) pair, each a complete trial config."""
+    from ray import tune
+
+    trials = [
+        {"stage": "stage1", "arch_name": arch["name"],
+         "train": train_config(space, arch, method="alrao", seed=seed)}
+        for arch in space.architectures_resolved()
+        for seed in space.stage1.seeds
+    ]
+    return {"trial": tune.grid_search(trials)}
+
+
+def stage1_scheduler(space: SearchSpace) -> Any:
+    """ASHA over epochs when the YAML asks for it, else None (every trial runs out)."""
+    asha = space.stage1.asha
+    if asha is None:
+        return None
+    from ray.tune.schedulers import ASHAScheduler
+
+    return ASHAScheduler(
+        time_attr="epoch", max_t=space.training.epochs, grace_period=asha.grace_period,
+        reduction_factor=asha.reduction_factor)
+
+
+def stage2_param_space(space: SearchSpace, arch: dict[str, Any]) -> dict[str, Any]:
+    """The constant part of a stage-2 trial config (the searcher adds lr, ...)."""
+    s2 = space.stage2
+    train = train_config(space, arch, method=s2.optimizer, seed=s2.seed)
+    for key in ("momentum", "weight_decay"):
+        value = getattr(s2, key)
+        if isinstance(value, (int, float)):
+            train[key] = float(value)
+    return {"stage": "stage2", "arch_name": arch["name"], "train": train}
+
+
+def seed_point(space: SearchSpace, lr_eff: float) -> float | None:
+    """Alrao's effective rate clipped into the stage-2 range (None if unusable/off)."""
+    s2 = space.stage2
+    if not s2.seed_with_alrao or not (isinstance(lr_eff, float) and math.isfinite(lr_eff)):
+        return None
+    if lr_eff <= 0:
+        return None
+    return float(min(max(lr_eff, s2.lr.low), s2.lr.high))
+
+
+def stage2_searcher(space: SearchSpace, metric: str, mode: str, first_lr: float | None) -> Any:
+    """OptunaSearch over lr (log) and the opened momentum / weight decay ranges."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    s2 = space.stage2
+    dists: dict[str, Any] = {"lr": optuna.distributions.FloatDistribution(
+        s2.lr.low, s2.lr.high, log=True)}
+    for key in ("momentum", "weight_decay"):
+        value = getattr(s2, key)
+        if not isinstance(value, (int, float)):
+            dists[key] = optuna.distributions.FloatDistribution(
+                value.low, value.high, log=bool(getattr(value, "log", False)))
+    if s2.sampler == "random":
+        sampler = optuna.samplers.RandomSampler(seed=s2.seed)
+    else:
+        sampler = optuna.samplers.TPESampler(seed=s2.seed)
+    points = [{"lr": first_lr}] if first_lr is not None else None
+    return OptunaSearch(space=dists, metric=metric, mode=mode, sampler=sampler,
+                        points_to_evaluate=points)
+
+
+def safe_name(text: str) -> str:
+    """A file/experiment-name-safe version of ``text``."""
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", text).strip("-") or "x"

@@ -1,0 +1,140 @@
+"""The Ray Tune function trainable: one trial = one :func:`alrao_tune.train` run.
+
+The trial config is a plain dict ``{"train": {...TrainConfig fields...}, "arch_name": ...,
+"stage": ...}`` plus, in stage 2, the searched values at the top level (``lr``,
+``momentum``, ``weight_decay``) which override ``train``. It is converted once into a
+frozen :class:`~alrao_tune.config.TrainConfig`.
+
+Every epoch reports the epoch's record (flat numbers, ``status``, and ``step_metrics``
+with per-step switch posteriors for the driver-side MLflow callback) plus running bests
+(``best_val_loss``, ``best_val_acc``, ``best_best_head_val_loss``), with a checkpoint of
+the whole trainer state; the last report also carries the test metrics measured at the
+best validation epoch. A resumed trial continues from its last checkpoint exactly.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import tempfile
+from collections.abc import Mapping
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from alrao_tune.config import TrainConfig
+from alrao_tune.data import DatasetSplits, load_dataset
+
+CHECKPOINT_FILE = "trainer.pt"
+SEARCHED_KEYS = ("lr", "momentum", "weight_decay")
+# Test-only fault injection (reliability tests), trial config key "fault":
+# "crash_once:<marker file>" makes the worker process exit abruptly at the end of epoch 2
+# the first time (the marker records it), "raise" raises at epoch 2.
+FAULT_KEY = "fault"
+
+
+def trial_config(config: Mapping[str, Any]) -> dict[str, Any]:
+    """The flat trial config (stage 1 nests it under ``trial``, its one grid axis)."""
+    return {**config, **config["trial"]} if "trial" in config else dict(config)
+
+
+def trial_train_config(config: Mapping[str, Any]) -> TrainConfig:
+    """The typed training config of a trial (searched values override ``train``)."""
+    config = trial_config(config)
+    train = dict(config["train"])
+    for key in SEARCHED_KEYS:
+        if key in config:
+            train[key] = config[key]
+    return TrainConfig.from_dict(train)
+
+
+@lru_cache(maxsize=4)
+def _cached_dataset(name: str, options: tuple, seed: int) -> DatasetSplits:
+    return load_dataset(name, seed=seed, **dict(options))
+
+
+def dataset_for(cfg: TrainConfig) -> DatasetSplits:
+    """Loads (once per worker process: reused actors keep it) the trial's dataset."""
+    options = tuple(sorted((k, _freeze(v)) for k, v in cfg.dataset_options.items()))
+    return _cached_dataset(cfg.dataset, options, cfg.data_seed)
+
+
+def _freeze(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_freeze(v) for v in value)
+    if isinstance(value, dict):
+        return tuple(sorted((k, _freeze(v)) for k, v in value.items()))
+    return value
+
+
+class _RunningBest:
+    """Best-so-far values over epochs, for ranking trials stopped at any epoch."""
+
+    KEYS = (("val_loss", min), ("val_acc", max), ("best_head_val_loss", min))
+
+    def __init__(self) -> None:
+        self.values: dict[str, float] = {}
+
+    def update(self, record: Mapping[str, Any]) -> dict[str, float]:
+        for key, better in self.KEYS:
+            value = record.get(key)
+            if value is None or not math.isfinite(value):
+                continue
+            old = self.values.get(f"best_{key}")
+            self.values[f"best_{key}"] = value if old is None else better(old, value)
+        return dict(self.values)
+
+
+def train_trial(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable (see the module docstring)."""
+    from ray import tune
+
+    from alrao_tune.train import Trainer
+
+    config = trial_config(config)
+    cfg = trial_train_config(config)
+    trainer = Trainer(cfg, dataset_for(cfg))
+    checkpoint = tune.get_checkpoint()
+    best = _RunningBest()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.restore(Path(d) / CHECKPOINT_FILE)
+        for record in trainer.records:
+            best.update(record)
+
+    def report(record: dict[str, Any], trainer: Trainer) -> None:
+        metrics = {k: v for k, v in record.items() if v is not None}
+        metrics.update(best.update(record))
+        metrics["n_params"] = trainer.n_params
+        if trainer.status != "running":
+            metrics.update(_final_metrics(trainer))
+        _maybe_fault(config.get(FAULT_KEY), trainer.epoch)
+        with tempfile.TemporaryDirectory() as d:
+            trainer.save(Path(d) / CHECKPOINT_FILE)
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+    if trainer.status != "running":  # restored from the final checkpoint: report once more
+        report(dict(trainer.records[-1]), trainer)
+        return
+    trainer.run(report)
+
+
+def _final_metrics(trainer: Any) -> dict[str, Any]:
+    summary = trainer.history().summary()
+    out = {"run_status": summary["status"], "best_epoch": summary["best_epoch"] or 0}
+    for key in ("test_loss", "test_acc"):
+        if summary.get(key) is not None:
+            out[key] = summary[key]
+    return out
+
+
+def _maybe_fault(fault: str | None, epoch: int) -> None:
+    if not fault or epoch != 2:
+        return
+    if fault == "raise":
+        raise RuntimeError("injected fault (trial config fault='raise')")
+    if fault.startswith("crash_once:"):
+        marker = Path(fault.split(":", 1)[1])
+        if not marker.exists():
+            marker.write_text("crashed once")
+            os._exit(1)

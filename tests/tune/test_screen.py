@@ -1,0 +1,140 @@
+"""End to end: `alrao-tune screen` on real Ray, real Optuna, a real MLflow SQLite store."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alrao_tune.cli import main
+
+pytestmark = pytest.mark.slow
+
+TINY = {
+    "name": "tiny",
+    "dataset": {"name": "blobs", "options": {"n_train": 300, "n_features": 6, "n_classes": 3}},
+    "architectures": [
+        {"name": "mlp-4", "family": "mlp", "widths": [4]},
+        {"name": "mlp-16", "family": "mlp", "widths": [16]},
+        {"name": "mlp-16x16", "family": "mlp", "widths": [16, 16]},
+    ],
+    "training": {"epochs": 3, "batch_size": 32, "patience": None},
+    "alrao": {"lr_min": 1e-3, "lr_max": 1.0, "n_heads": 3},
+    "stage1": {"seeds": [0], "top_k": 2},
+    "stage2": {"lr": {"low": 1e-3, "high": 1.0}, "trials_per_arch": 2},
+    "resources": {"cpu": 1},
+}
+
+
+def write_space(tmp_path: Path, space: dict | str) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(space if isinstance(space, str) else yaml.safe_dump(space))
+    return path
+
+
+def runs_of(uri: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(uri)
+    exps = client.search_experiments()
+    runs = [r for e in exps for r in client.search_runs([e.experiment_id], max_results=1000)]
+    return client, runs
+
+
+@pytest.fixture(scope="module")
+def screened(ray_local, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("screen")
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    space = write_space(tmp, TINY)
+    code = main(["screen", str(space), "--tracking-uri", uri, "--storage", str(tmp / "runs"),
+                 "--output", str(tmp / "out"), "--json"])
+    assert code == 0
+    return uri, tmp / "out", json.loads((tmp / "out" / "results.json").read_text())
+
+
+def test_stage2_tunes_only_the_top_k(screened):
+    _, _, results = screened
+    top = [r["arch"] for r in results["stage1"] if r["alrao_rank"] <= 2]
+    assert sorted({t["arch"] for t in results["stage2_trials"]}) == sorted(top)
+    # every top-k architecture got exactly trials_per_arch Optuna trials
+    assert len(results["stage2_trials"]) == 2 * 2
+
+
+def test_mlflow_holds_pipeline_stage_trial_hierarchy(screened):
+    uri, _, results = screened
+    client, runs = runs_of(uri)
+    by_id = {r.info.run_id: r for r in runs}
+    parents = {r.info.run_id: r.data.tags.get("mlflow.parentRunId") for r in runs}
+    pipeline = [r for r in runs if parents[r.info.run_id] is None]
+    assert len(pipeline) == 1
+    stages_ = [r for r in runs if parents[r.info.run_id] == pipeline[0].info.run_id]
+    assert sorted(r.info.run_name for r in stages_) == ["stage1 (alrao)", "stage2 (optuna)"]
+    trials = [r for r in runs if parents[r.info.run_id] in {s.info.run_id for s in stages_}]
+    assert len(trials) == 3 + 4
+    # nothing is left RUNNING
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert results["run_ids"]["pipeline"] == pipeline[0].info.run_id
+    stage1 = next(s for s in stages_ if s.info.run_name.startswith("stage1"))
+    for trial in (t for t in trials if parents[t.info.run_id] == stage1.info.run_id):
+        history = {k: client.get_metric_history(trial.info.run_id, f"posterior/head_{k:02d}")
+                   for k in range(3)}
+        assert len(history[0]) >= 3  # at least one posterior per epoch
+        for i in range(len(history[0])):
+            # the switch posterior sums to 1 at every logged step
+            assert sum(history[k][i].value for k in range(3)) == pytest.approx(1, abs=1e-5)
+            assert len({history[k][i].step for k in range(3)}) == 1
+    assert by_id  # silence unused warnings
+
+
+def test_leaderboard_ranks_by_the_documented_score(screened):
+    uri, out, results = screened
+    stage1 = results["stage1"]
+    scores = [r["alrao_score"] for r in stage1]
+    assert scores == sorted(scores)  # val_loss: lower is better, rank 1 first
+    assert [r["alrao_rank"] for r in stage1] == [1, 2, 3]
+    client, _ = runs_of(uri)
+    for trial in results["stage1_trials"]:
+        history = client.get_metric_history(trial["run_id"], "val_loss")
+        # the score in results.json is the best validation loss logged in MLflow
+        assert trial["best_val_loss"] == pytest.approx(min(m.value for m in history))
+    board = (out / "leaderboard.csv").read_text().splitlines()
+    assert board[0].startswith("rank,arch")
+    assert len(board) == 1 + 3
+    first = results["leaderboard"][0]
+    assert first["stage2_rank"] == 1 and not math.isnan(first["best_lr"])
+
+
+BAD_SPACES = [
+    ("stage1: [unclosed", "line"),
+    ({**TINY, "stage3": {}}, "stage3"),
+    ({**TINY, "alrao": {"lr_min": 1.0, "lr_max": 0.1}}, "lr_min"),
+    ({**TINY, "stage1": {"top_k": 7}}, "top_k"),
+    ({**TINY, "dataset": {"name": "cifar10", "options": {"path": "/nonexistent/cifar"}}},
+     "/nonexistent/cifar"),
+    ({**TINY, "architectures": [{"family": "transformr"}]}, "transformr"),
+]
+
+
+@pytest.mark.parametrize("space,match", BAD_SPACES)
+def test_bad_space_exits_2_and_writes_nothing(tmp_path, space, match, capsys):
+    path = write_space(tmp_path, space)
+    db = tmp_path / "mlflow.db"
+    code = main(["screen", str(path), "--tracking-uri", f"sqlite:///{db}",
+                 "--storage", str(tmp_path / "runs")])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alrao-tune: error:") and match in err
+    # nothing half-written: no MLflow store, no Tune storage
+    assert not db.exists() and not (tmp_path / "runs").exists()
+
+
+def test_unreachable_tracking_server_exits_2_before_training(tmp_path, capsys):
+    path = write_space(tmp_path, TINY)
+    code = main(["screen", str(path), "--tracking-uri", "http://127.0.0.1:9",
+                 "--storage", str(tmp_path / "runs")])
+    assert code == 2
+    assert "127.0.0.1:9" in capsys.readouterr().err
+    assert not (tmp_path / "runs").exists()
