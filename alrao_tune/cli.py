@@ -1,4 +1,4 @@
-"""The ``alrao-tune`` command line: ``train``, ``screen``, ``bench``.
+"""The ``alrao-tune`` command line: ``train``, ``screen``, ``compare``, ``bench``.
 
 Bad input (YAML, flags, specs, paths, an unreachable tracking server) prints one line
 ``alrao-tune: error: ...`` naming the problem and the fix, and exits with code 2.
@@ -177,6 +177,25 @@ def cmd_screen(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- compare
+def cmd_compare(args: argparse.Namespace) -> int:
+    from alrao_tune.tune.compare import compare, markdown
+
+    result = compare(
+        args.space, overrides=args.set, seeds=args.seeds, tracking_uri=args.tracking_uri,
+        storage=args.storage, address=args.address, output=args.output,
+        progress=None if args.json else print)
+    if args.json:
+        _print_json(result.to_json())
+        return 0
+    for momentum, rep in result.reports.items():
+        print(f"\n## ground truth: SGD with momentum {momentum} over the grid\n")
+        print(markdown(rep))
+    if args.output:
+        print(f"wrote {args.output}/ (report-*.md, trials.csv, compare.json, scatter-*.png)")
+    return 0
+
+
 # ----------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
     from alrao_tune import bench
@@ -240,6 +259,17 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--resume", action="store_true", help="finish the newest interrupted run")
     s.add_argument("--json", action="store_true", help="print results.json to stdout")
     s.set_defaults(func=cmd_screen)
+
+    c = sub.add_parser("compare", help="measure the Alrao proxy against grid-searched SGD")
+    c.add_argument("space", help="search-space YAML file (its `compare` section)")
+    c.add_argument("--seeds", type=int, help="number of seeds (default: compare.seeds)")
+    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    c.add_argument("--tracking-uri")
+    c.add_argument("--storage")
+    c.add_argument("--address")
+    c.add_argument("--output", help="write report-*.md, trials.csv, compare.json, PNGs here")
+    c.add_argument("--json", action="store_true")
+    c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=("overhead",))

@@ -3,19 +3,18 @@
 :func:`prepare_store` creates the store and experiment before any trial runs;
 :class:`RunTree` is a thin helper over ``MlflowClient`` for nested runs;
 ``MLflowTrialCallback`` (a ``ray.tune.Callback``) gives every trial a child run of a
-stage run and logs each ``tune.report`` with ``MlflowClient.log_batch`` (at most 1,000
-metrics a call) on one background thread, so workers need no MLflow access and a slow
-store does not hold up Tune's event loop. It works with any function trainable.
+stage run and writes each ``tune.report`` with ``MlflowClient.log_batch`` on one
+background thread: workers need no MLflow access and a slow store does not hold up Tune's
+event loop (a function trial waits in ``tune.report`` until the driver has handled it).
 
-The metric step is ``epoch`` when reported, else Tune's ``training_iteration``. A report
-may carry ``step_metrics = {name: [[step, value], ...]}`` (per-step values since the
-last report), expanded into entries at those steps. String fields (``status``) become
-tags. Tune's own keys are skipped except ``time_total_s``. NaN is stored as NaN; MLflow
-clips +-inf to +-1.797e308; both are counted in the tag ``alrao_tune.nonfinite_values``.
-A report whose step is not past the last logged step of its trial (a trial restored from
-a checkpoint re-reporting it) is skipped and counted in ``alrao_tune.replayed_results``,
-so every value arrives exactly once, also across a resume (``alrao_tune.last_step``).
-``ray.tune`` is imported on first use of ``MLflowTrialCallback``; MLflow inside methods.
+Logged per result: every number (nested dicts as ``a/b``) at step ``epoch`` when
+reported, else ``training_iteration``; ``step_metrics = {name: [[step, value], ...]}``
+expanded at its own steps; strings (``status``) as tags. Tune's own keys are skipped
+except ``time_total_s``. NaN is stored as NaN, +-inf as MLflow's +-1.797e308; both are
+counted in the tag ``alrao_tune.nonfinite_values``. A result whose step is not past the
+trial's last logged step (a trial restored from a checkpoint re-reporting it) is skipped
+and counted in ``alrao_tune.replayed_results``: every value arrives exactly once, across
+retries and ``Tuner.restore`` too (the last step is kept in ``alrao_tune.last_step``).
 """
 
 from __future__ import annotations
@@ -34,6 +33,7 @@ import urllib.request
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -44,24 +44,24 @@ log = logging.getLogger(__name__)
 
 TRIAL_ID_TAG = "alrao_tune.trial_id"
 ERROR_TAG = "alrao_tune.error"
+LAST_ERROR_TAG = "alrao_tune.last_error"
+FAILURES_TAG = "alrao_tune.failures"
 STOPPED_TAG = "alrao_tune.stopped_early"
 LAST_STEP_TAG = "alrao_tune.last_step"
 NONFINITE_TAG = "alrao_tune.nonfinite_values"
 REPLAYED_TAG = "alrao_tune.replayed_results"
-FAILURES_TAG = "alrao_tune.failures"
 PARENT_TAG = "mlflow.parentRunId"
 RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
-MAX_PARAM_LEN, MAX_TAG_LEN, MAX_KEY_LEN = 6000, 8000, 250
-METRICS_PER_BATCH, PARAMS_PER_BATCH = 1000, 100
+MAX_PARAM_LEN, MAX_TAG_LEN, MAX_KEY_LEN = 6000, 8000, 250  # MLflow's limits
+BATCH_ENTITIES, BATCH_TAGS = 1000, 100  # per log_batch call: all entities; params or tags
+STEP_METRICS_KEY = "step_metrics"
 # Keys Tune adds to every result; of these only ``time_total_s`` is logged.
-TUNE_RESULT_KEYS = frozenset({
+TUNE_RESULT_KEYS = frozenset((
     "trial_id", "experiment_id", "experiment_tag", "date", "timestamp", "time_this_iter_s",
     "pid", "hostname", "node_ip", "config", "time_since_restore", "iterations_since_restore",
-    "training_iteration", "done", "checkpoint_dir_name", "should_checkpoint",
+    "training_iteration", "done", "checkpoint_dir_name", "should_checkpoint", "trainable_name",
     "timesteps_total", "episodes_total", "timesteps_since_restore", "episodes_this_iter",
-    "timesteps_this_iter", "__duplicate__", "__trial_info__", "trainable_name",
-})
-STEP_METRICS_KEY = "step_metrics"
+    "timesteps_this_iter", "__duplicate__", "__trial_info__"))
 
 
 class TrackingError(RuntimeError):
@@ -116,7 +116,7 @@ def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
         with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s):
             return
     except urllib.error.HTTPError:
-        return  # it answered (an auth proxy or an old server without /health)
+        return  # it answered (an auth proxy or a server without /health)
     except (OSError, ValueError) as exc:
         raise TrackingError(
             f"cannot reach MLflow tracking server at {uri}: {exc}; start one with "
@@ -125,11 +125,11 @@ def check_reachable(uri: str, timeout_s: float = 3.0) -> None:
 
 
 def prepare_store(uri: str, experiment: str, *, artifact_root: str | None = None) -> str:
-    """Creates (or migrates) the store and gets or creates ``experiment``; returns its id.
+    """Creates (or migrates) the store, gets or creates ``experiment``; returns its id.
 
     Call it in the driver before any trial: processes creating a fresh SQLite database at
     once race. Artifacts go to ``<artifact_root>/<experiment>`` when given, else for
-    SQLite to ``<db dir>/mlartifacts/<experiment>``, else the server's default.
+    SQLite to ``<db dir>/mlartifacts/<experiment>``, else to the server's default.
     """
     from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
@@ -138,13 +138,10 @@ def prepare_store(uri: str, experiment: str, *, artifact_root: str | None = None
     db = sqlite_path(uri)
     if db is not None:
         db.parent.mkdir(parents=True, exist_ok=True)
-    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-") or "experiment"
-    root = Path(artifact_root) if artifact_root else db.parent / "mlartifacts" if db else None
-    location = str(root / safe) if root is not None and "://" not in str(root) else (
-        f"{artifact_root.rstrip('/')}/{safe}" if artifact_root else None)
-    client = MlflowClient(uri)  # creates and migrates the SQLite schema
+    client = MlflowClient(uri)  # creates and migrates the SQLite schema on first use
     found = client.get_experiment_by_name(experiment)
     if found is None:
+        location = _artifact_location(experiment, db, artifact_root)
         try:
             return client.create_experiment(experiment, artifact_location=location)
         except MlflowException:  # created meanwhile by another process
@@ -154,6 +151,13 @@ def prepare_store(uri: str, experiment: str, *, artifact_root: str | None = None
     if found.lifecycle_stage == "deleted":
         client.restore_experiment(found.experiment_id)
     return found.experiment_id
+
+
+def _artifact_location(experiment: str, db: Path | None, root: str | None) -> str | None:
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", experiment).strip("-") or "experiment"
+    if root:
+        return f"{root.rstrip('/')}/{safe}" if "://" in root else str(Path(root).resolve() / safe)
+    return str(db.parent / "mlartifacts" / safe) if db is not None else None
 
 
 def _chunks(items: Sequence[Any], size: int) -> Iterable[Sequence[Any]]:
@@ -174,7 +178,7 @@ class RunTree:
         self._client: MlflowClient | None = None
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"uri": self.uri, "experiment_id": self.experiment_id, "_client": None}
+        return {**self.__dict__, "_client": None}
 
     @property
     def client(self) -> MlflowClient:
@@ -193,46 +197,46 @@ class RunTree:
         if parent_run_id:
             all_tags[PARENT_TAG] = parent_run_id
         run = self.client.create_run(self.experiment_id, run_name=name, tags=all_tags)
+        run_id = run.info.run_id
         if params:
-            self.log_params(run.info.run_id, params)
-        return run.info.run_id
+            self.log_params(run_id, params)
+        return run_id
 
     def log_params(self, run_id: str, params: Mapping[str, Any]) -> None:
-        """Logs flattened ``params`` ("a.b.c"), values clipped to MLflow's 6,000 characters."""
+        """Logs flattened ``params`` ("a.b.c"), values clipped to 6,000 characters."""
         from mlflow.entities import Param
 
         items = [Param(sanitize_metric_name(k), _clip(v, MAX_PARAM_LEN))
                  for k, v in flatten(params).items()]
-        for chunk in _chunks(items, PARAMS_PER_BATCH):
+        for chunk in _chunks(items, BATCH_TAGS):
             self.client.log_batch(run_id, params=chunk)
 
     def log_metrics(self, run_id: str, metrics: Mapping[str, float],
                     step: int | None = None) -> None:
         """Logs the numeric values of ``metrics`` at ``step`` (default 0), batched."""
-        entries = [(sanitize_metric_name(k), float(v), step or 0) for k, v in metrics.items()
-                   if isinstance(v, numbers.Real)]
-        self.log_entries(run_id, entries)
+        now = int(time.time() * 1000)
+        self.log_entries(run_id, [(sanitize_metric_name(k), float(v), step or 0, now)
+                                  for k, v in metrics.items() if isinstance(v, numbers.Real)])
 
-    def log_entries(self, run_id: str, entries: Sequence[tuple[str, float, int]],
-                    tags: Mapping[str, Any] | None = None, timestamp_ms: int | None = None,
-                    ) -> None:
-        """Logs ``(key, value, step)`` entries with valid keys, <= 1,000 per call, and tags."""
-        from mlflow.entities import Metric
+    def log_entries(self, run_id: str, entries: Sequence[tuple[str, float, int, int]],
+                    tags: Mapping[str, Any] | None = None) -> None:
+        """Logs ``(key, value, step, timestamp_ms)`` entries (valid keys) and tags.
 
-        ts = timestamp_ms if timestamp_ms is not None else int(time.time() * 1000)
-        metrics = [Metric(k, v, ts, s) for k, v, s in entries]
-        for chunk in _chunks(metrics, METRICS_PER_BATCH):
-            self.client.log_batch(run_id, metrics=chunk)
-        if tags:
-            self.set_tags(run_id, tags)
+        One ``log_batch`` call per 900 metrics and 100 tags (MLflow takes 1,000 entities).
+        """
+        from mlflow.entities import Metric, RunTag
+
+        metrics = [Metric(k, v, t, s) for k, v, s, t in entries]
+        tag_items = [RunTag(sanitize_metric_name(k), _clip(v, MAX_TAG_LEN))
+                     for k, v in (tags or {}).items()]
+        for metric_chunk, tag_chunk in zip_longest(
+                _chunks(metrics, BATCH_ENTITIES - BATCH_TAGS), _chunks(tag_items, BATCH_TAGS),
+                fillvalue=()):
+            self.client.log_batch(run_id, metrics=metric_chunk, tags=tag_chunk)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:
-        """Sets tags (values clipped to MLflow's 8,000 characters), batched."""
-        from mlflow.entities import RunTag
-
-        items = [RunTag(sanitize_metric_name(k), _clip(v, MAX_TAG_LEN)) for k, v in tags.items()]
-        for chunk in _chunks(items, PARAMS_PER_BATCH):
-            self.client.log_batch(run_id, tags=chunk)
+        """Sets tags (values clipped to 8,000 characters), batched."""
+        self.log_entries(run_id, (), tags)
 
     def log_artifact(self, run_id: str, local_path: str | Path,
                      artifact_path: str | None = None) -> None:
@@ -244,7 +248,7 @@ class RunTree:
         self.client.log_text(run_id, text, artifact_file)
 
     def log_dict(self, run_id: str, obj: Any, artifact_file: str) -> None:
-        """Writes ``obj`` as a JSON/YAML artifact (by the file's extension)."""
+        """Writes ``obj`` as a JSON or YAML artifact (by the file's extension)."""
         self.client.log_dict(run_id, obj, artifact_file)
 
     def end(self, run_id: str, status: str = "FINISHED") -> None:
@@ -267,15 +271,14 @@ class RunTree:
         filters = [f"tags.`{PARENT_TAG}` = '{parent_run_id}'"] if parent_run_id else []
         if quote not in tag_value:
             filters.append(f"tags.`{tag_key}` = {quote}{tag_value}{quote}")
-        runs = self.client.search_runs(
-            [self.experiment_id], " and ".join(filters),
-            order_by=["attributes.start_time DESC"], max_results=1000)
+        runs = self.client.search_runs([self.experiment_id], " and ".join(filters),
+                                       order_by=["attributes.start_time DESC"])
         return next((r.info.run_id for r in runs if r.data.tags.get(tag_key) == tag_value),
                     None)
 
 
 class _Writer:
-    """Runs MLflow calls in order on one background thread (or inline when not ``background``)."""
+    """Runs MLflow calls in order on one background thread (inline if not ``background``)."""
 
     def __init__(self, background: bool) -> None:
         self.background = background
@@ -285,12 +288,12 @@ class _Writer:
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
         """Queues ``fn(*args)``; a failure is logged as a warning, never raised."""
-        self._put(fn, args, None)
+        self._put(functools.partial(fn, *args), None)
 
-    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
-        """Runs ``fn(*args, **kwargs)`` after everything queued; returns or raises its result."""
+    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Runs ``fn(*args)`` after everything queued; returns its result or raises."""
         future: Future = Future()
-        self._put(functools.partial(fn, *args, **kwargs), (), future)
+        self._put(functools.partial(fn, *args), future)
         return future.result()
 
     def close(self) -> None:
@@ -300,28 +303,28 @@ class _Writer:
             self._thread.join()
             self._thread = None
 
-    def _put(self, fn: Callable[..., Any], args: tuple, future: Future | None) -> None:
+    def _put(self, fn: Callable[[], Any], future: Future | None) -> None:
         if not self.background:
-            self._run((fn, args, future))
+            self._run(fn, future)
             return
         if self._thread is None:
             self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
             self._thread.start()
-        self._queue.put((fn, args, future))
+        self._queue.put((fn, future))
 
     def _loop(self) -> None:
         while (item := self._queue.get()) is not None:
-            self._run(item)
+            self._run(*item)
 
-    def _run(self, item: tuple) -> None:
-        fn, args, future = item
+    def _run(self, fn: Callable[[], Any], future: Future | None) -> None:
         start = time.perf_counter()
         try:
-            out = fn(*args)
+            out = fn()
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop training
             self.stats["errors"] += 1
             if future is None:
-                log.warning("MLflow write %s failed: %s", getattr(fn, "__name__", fn), exc)
+                name = getattr(getattr(fn, "func", fn), "__name__", "call")
+                log.warning("MLflow write %s failed: %s", name, exc)
             else:
                 future.set_exception(exc)
         else:
@@ -337,13 +340,13 @@ class _TrialRun:
 
     run_id: str
     last_step: int | None = None
-    buffer: list[tuple[str, float, int]] = field(default_factory=list)
-    tags: dict[str, str] = field(default_factory=dict)  # changed since the last flush
+    buffer: list[tuple[str, float, int, int]] = field(default_factory=list)
+    tags: dict[str, str] = field(default_factory=dict)  # to write at the next flush
     strings: dict[str, str] = field(default_factory=dict)
     last_flush: float = field(default_factory=time.monotonic)
     nonfinite: int = 0
     replayed: int = 0
-    stopped: bool = False
+    stopped: bool = False  # Tune set ``done`` on the last result (scheduler or stopper)
 
 
 def _result_step(result: Mapping[str, Any]) -> int:
@@ -372,23 +375,26 @@ def _error_summary(text: str) -> str:
 
 
 class _TrialLogger:
-    """The logic of ``MLflowTrialCallback`` (the ``ray.tune.Callback`` base is added lazily).
+    """Logs every Tune trial as a child run of ``parent_run_id`` (see the module docstring).
+
+    Runs end FINISHED (also when ASHA or a stopper ended the trial: tag
+    ``alrao_tune.stopped_early=true``), FAILED (tag ``alrao_tune.error`` and ``error.txt``)
+    or KILLED (still open when the experiment ended: never left RUNNING). A retried or
+    resumed trial continues its run (found by the tag ``alrao_tune.trial_id``).
 
     Args:
         tree: the store and experiment the trial runs go to.
-        parent_run_id: the stage run; each trial becomes its child run.
+        parent_run_id: the stage run.
         trial_name_fn: ``trial -> run name`` (default: the trial id).
         extra_tags: tags set on every trial run.
-        flush_every: flush a trial's buffer once it holds this many values ...
-        flush_interval_s: ... or its last flush is this old (checked at every result and
-            every Tune loop step; 0 flushes every result).
-        param_keys: flattened config keys (or prefixes of them) to log as params; all
-            when None.
+        flush_every: a trial's buffered values are written once there are this many ...
+        flush_interval_s: ... or its last write is this old (0: every result).
+        param_keys: flattened config keys (or their prefixes) logged as params; None: all.
         background: write on a background thread (default) instead of in Tune's loop.
 
     Attributes:
         run_ids: trial id -> MLflow run id, for every trial seen.
-        stats: values logged, seconds spent in hooks (Tune's loop) and in writes.
+        stats: how much was logged and what it cost (see :attr:`stats`).
     """
 
     def __init__(self, tree: RunTree, parent_run_id: str, *,
@@ -396,126 +402,125 @@ class _TrialLogger:
                  extra_tags: Mapping[str, Any] | None = None, flush_every: int = 1000,
                  flush_interval_s: float = 2.0, param_keys: Sequence[str] | None = None,
                  background: bool = True) -> None:
-        self.tree = tree
-        self.parent_run_id = parent_run_id
-        self.trial_name_fn = trial_name_fn
-        self.extra_tags = dict(extra_tags or {})
-        self.flush_every = flush_every
-        self.flush_interval_s = flush_interval_s
+        self.tree, self.parent_run_id = tree, parent_run_id
+        self.trial_name_fn, self.extra_tags = trial_name_fn, dict(extra_tags or {})
+        self.flush_every, self.flush_interval_s = flush_every, flush_interval_s
         self.param_keys = tuple(param_keys) if param_keys is not None else None
         self.background = background
         self.run_ids: dict[str, str] = {}
+        self._init_runtime()
+
+    def __getstate__(self) -> dict[str, Any]:  # Tune pickles callbacks into tuner.pkl
+        runtime = ("_trials", "_names", "_writer", "_stats")
+        return {k: v for k, v in self.__dict__.items() if k not in runtime}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
         self._init_runtime()
 
     def _init_runtime(self) -> None:
         self._trials: dict[str, _TrialRun] = {}
         self._names: dict[str, str] = {}
         self._writer = _Writer(self.background)
-        self.stats: dict[str, float] = {"values": 0, "hook_s": 0.0}
+        self._stats: dict[str, float] = {"values": 0, "hook_s": 0.0}
 
-    def __getstate__(self) -> dict[str, Any]:
-        state = self.__dict__.copy()
-        for key in ("_trials", "_names", "_writer", "stats"):
-            state.pop(key, None)
-        return state
+    @property
+    def stats(self) -> dict[str, float]:
+        """Values logged; seconds in Tune's loop (``hook_s``) and writing (``write_s``);
+        MLflow ``calls`` and failed ``errors`` (logged as warnings)."""
+        return {**self._stats, **self._writer.stats}
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update(state)
-        self._init_runtime()
-
-    # Tune hooks -----------------------------------------------------------------------
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         """Creates the trial's run, or reopens it when the trial restarts or resumes."""
         self._open(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any,
                         result: dict, **info: Any) -> None:
-        """Buffers the result's values (``step_metrics`` expanded); flushes when due."""
+        """Buffers the result's values; writes them when due."""
         start = time.perf_counter()
-        run = self._trials.get(trial.trial_id) or self._open(trial)
+        run = self._open(trial)
         step = _result_step(result)
         if run.last_step is not None and step <= run.last_step:
             run.replayed += 1
         else:
-            run.last_step = step
-            n = len(run.buffer)
+            run.last_step, run.stopped = step, bool(result.get("done"))
             self._collect(run, result, step)
-            self.stats["values"] += len(run.buffer) - n
-            run.stopped = bool(result.get("done"))
             if (len(run.buffer) >= self.flush_every
                     or time.monotonic() - run.last_flush >= self.flush_interval_s):
                 self._flush(run)
-        self.stats["hook_s"] += time.perf_counter() - start
+        self._stats["hook_s"] += time.perf_counter() - start
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
-        """Flushes buffers older than ``flush_interval_s`` (long epochs stay visible)."""
+        """Writes buffers older than ``flush_interval_s`` (long epochs stay visible)."""
         now = time.monotonic()
         for run in self._trials.values():
             if run.buffer and now - run.last_flush >= self.flush_interval_s:
                 self._flush(run)
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Flushes and notes the failure; the run stays open for the retry."""
-        run = self._trials.get(trial.trial_id)
-        if run is not None:
+        """Notes the failure; the run stays open for the retry."""
+        if (run := self._trials.get(trial.trial_id)) is not None:
             run.tags[FAILURES_TAG] = str(getattr(trial, "num_failures", 1))
-            run.tags["alrao_tune.last_error"] = _error_summary(_error_text(trial))
+            run.tags[LAST_ERROR_TAG] = _error_summary(_error_text(trial))
             self._flush(run)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Ends the run FINISHED, also for a trial a scheduler (ASHA) or stopper ended."""
-        run = self._trials.get(trial.trial_id)
-        if run is not None:
-            status = run.strings.get("status", "running")
-            run.tags[STOPPED_TAG] = str(run.stopped and status == "running").lower()
+        """Ends the run FINISHED (``stopped_early`` unless the trainable said it was done)."""
+        if (run := self._trials.get(trial.trial_id)) is not None:
+            stopped = run.stopped and run.strings.get("status", "running") == "running"
+            run.tags[STOPPED_TAG] = str(stopped).lower()
             self._finish(trial.trial_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        """Ends the run FAILED with the error in a tag and ``error.txt``."""
-        run = self._trials.get(trial.trial_id) or self._open(trial)
-        text = _error_text(trial)
+        """Ends the run FAILED with the error in a tag and the trace in ``error.txt``."""
+        run, text = self._open(trial), _error_text(trial)
         run.tags[ERROR_TAG] = _error_summary(text)
         self._writer.submit(self.tree.log_text, run.run_id, text, "error.txt")
         self._finish(trial.trial_id, "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        """Ends still-open runs KILLED and waits for every write."""
+        """Ends open runs: FINISHED + ``stopped_early`` for trials Tune TERMINATED without
+        ``on_trial_complete`` (``time_budget_s`` ran out), else KILLED; waits for writes."""
+        for trial in trials:
+            if trial.trial_id in self._trials and trial.status == "TERMINATED":
+                self._trials[trial.trial_id].tags[STOPPED_TAG] = "true"
+                self._finish(trial.trial_id, "FINISHED")
         self.close()
 
     def get_state(self) -> dict[str, Any]:
-        """Tune's experiment checkpoint keeps the run ids for a resume."""
+        """Kept in Tune's experiment checkpoint, for ``Tuner.restore``."""
         return {"run_ids": dict(self.run_ids)}
 
     def set_state(self, state: dict[str, Any]) -> None:
         """Restores the run ids of a resumed experiment."""
         self.run_ids.update(state.get("run_ids", {}))
 
-    # Helpers --------------------------------------------------------------------------
     def close(self) -> None:
-        """Ends every still-open run KILLED (never left RUNNING); waits for all writes."""
+        """Ends every still-open run KILLED and waits until everything is written."""
         for trial_id in list(self._trials):
             self._finish(trial_id, "KILLED")
         self._writer.close()
 
     def _open(self, trial: Any) -> _TrialRun:
-        trial_id = trial.trial_id
-        if trial_id in self._trials:
-            return self._trials[trial_id]
-        run_id = self.run_ids.get(trial_id) or self._writer.call(
-            self.tree.find_run, parent_run_id=self.parent_run_id, tag_key=TRIAL_ID_TAG,
-            tag_value=trial_id)
-        run = _TrialRun(run_id or "")
-        if run_id:
-            tags = self._writer.call(self.tree.reopen, run_id)
-            if LAST_STEP_TAG in tags:
-                run.last_step = int(tags[LAST_STEP_TAG])
-        else:
-            run.run_id = self._writer.call(self._start, trial)
-        self.run_ids[trial_id] = run.run_id
-        self._trials[trial_id] = run
+        if (run := self._trials.get(trial.trial_id)) is None:
+            run_id, last_step = self._writer.call(self._find_or_start, trial)
+            self.run_ids[trial.trial_id] = run_id
+            run = self._trials[trial.trial_id] = _TrialRun(run_id, last_step)
         return run
 
-    def _start(self, trial: Any) -> str:
+    def _find_or_start(self, trial: Any) -> tuple[str, int | None]:
+        """(On the writer thread.) The trial's earlier run, reopened, else a new run."""
+        run_id = self.run_ids.get(trial.trial_id) or self.tree.find_run(
+            parent_run_id=self.parent_run_id, tag_key=TRIAL_ID_TAG, tag_value=trial.trial_id)
+        if run_id:
+            try:
+                tags = self.tree.reopen(run_id)
+                if ERROR_TAG in tags:  # a resumed errored trial: the error is history now
+                    self.tree.set_tags(run_id, {LAST_ERROR_TAG: tags[ERROR_TAG]})
+                    self.tree.client.delete_tag(run_id, ERROR_TAG)
+                return run_id, int(tags[LAST_STEP_TAG]) if LAST_STEP_TAG in tags else None
+            except Exception as exc:  # noqa: BLE001 - e.g. the run was deleted
+                log.warning("cannot reopen MLflow run %s (%s); starting a new run", run_id, exc)
         name = self.trial_name_fn(trial) if self.trial_name_fn else str(trial.trial_id)
         params = flatten(trial.config or {})
         if self.param_keys is not None:
@@ -524,37 +529,44 @@ class _TrialLogger:
         tags = {**self.extra_tags, TRIAL_ID_TAG: trial.trial_id}
         try:
             return self.tree.start(name, parent_run_id=self.parent_run_id, params=params,
-                                   tags=tags)
+                                   tags=tags), None
         except Exception as exc:
             raise TrackingError(f"cannot create the MLflow run of trial {name}: {exc}") from exc
 
     def _collect(self, run: _TrialRun, result: Mapping[str, Any], step: int) -> None:
-        names = self._names
+        now, before = int(time.time() * 1000), len(run.buffer)
         for key, value in result.items():
             if key in TUNE_RESULT_KEYS:
                 continue
-            if key == STEP_METRICS_KEY and isinstance(value, Mapping):
-                for name, pairs in value.items():
-                    name = names.get(name) or names.setdefault(name, sanitize_metric_name(name))
-                    for s, v in pairs:
-                        self._add(run, name, v, int(s))
-            elif isinstance(value, Mapping):
-                for sub, v in flatten(value, key, sep="/").items():
-                    self._add(run, sanitize_metric_name(sub), v, step)
-            elif isinstance(value, str):
+            if isinstance(value, str):
                 if run.strings.get(key) != value:
                     run.strings[key] = run.tags[key] = value
+            elif key == STEP_METRICS_KEY and isinstance(value, Mapping):
+                for name, pairs in value.items():
+                    try:
+                        for s, v in pairs:
+                            self._add(run, self._name(name), v, int(s), now)
+                    except (TypeError, ValueError):
+                        log.warning("step_metrics[%r] is not [[step, value], ...]: skipped", name)
+            elif isinstance(value, Mapping):
+                for sub, v in flatten(value, key, sep="/").items():
+                    self._add(run, self._name(sub), v, step, now)
             else:
-                name = names.get(key) or names.setdefault(key, sanitize_metric_name(key))
-                self._add(run, name, value, step)
+                self._add(run, self._name(key), value, step, now)
+        self._stats["values"] += len(run.buffer) - before
+
+    def _name(self, key: str) -> str:
+        if (name := self._names.get(key)) is None:
+            name = self._names[key] = sanitize_metric_name(key)
+        return name
 
     @staticmethod
-    def _add(run: _TrialRun, name: str, value: Any, step: int) -> None:
+    def _add(run: _TrialRun, name: str, value: Any, step: int, now: int) -> None:
         if isinstance(value, numbers.Real):
             value = float(value)
             if not math.isfinite(value):
                 run.nonfinite += 1
-            run.buffer.append((name, value, step))
+            run.buffer.append((name, value, step, now))
 
     def _flush(self, run: _TrialRun) -> None:
         entries, run.buffer, run.last_flush = run.buffer, [], time.monotonic()
@@ -565,21 +577,17 @@ class _TrialLogger:
             self._writer.submit(self.tree.log_entries, run.run_id, entries, tags)
 
     def _finish(self, trial_id: str, status: str) -> None:
-        run = self._trials.pop(trial_id, None)
-        if run is None:
+        if (run := self._trials.pop(trial_id, None)) is None:
             return
-        if run.nonfinite:
-            run.tags[NONFINITE_TAG] = str(run.nonfinite)
-        if run.replayed:
-            run.tags[REPLAYED_TAG] = str(run.replayed)
+        counts = {NONFINITE_TAG: run.nonfinite, REPLAYED_TAG: run.replayed}
+        run.tags.update({k: str(n) for k, n in counts.items() if n})
         run.tags.update(run.strings)
         self._flush(run)
         self._writer.submit(self.tree.end, run.run_id, status)
 
 
 def __getattr__(name: str) -> Any:
-    """Builds ``MLflowTrialCallback`` (a ``ray.tune.Callback``) on first use: importing
-    ``ray.tune`` takes seconds, which users of the rest of this module need not pay."""
+    """Builds ``MLflowTrialCallback`` on first use (``import ray.tune`` takes seconds)."""
     if name != "MLflowTrialCallback":
         raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
     try:
@@ -588,8 +596,7 @@ def __getattr__(name: str) -> Any:
         raise ImportError("MLflowTrialCallback needs Ray Tune: pip install 'ray[tune]'") from exc
     cls = type("MLflowTrialCallback", (_TrialLogger, Callback), {
         "__module__": __name__, "__qualname__": "MLflowTrialCallback",
-        "__doc__": "A driver-side ``ray.tune.Callback`` logging every trial to MLflow.\n\n"
-                   + (_TrialLogger.__doc__ or "").split("\n", 2)[-1]})
+        "__doc__": "A driver-side ``ray.tune.Callback``: " + (_TrialLogger.__doc__ or "")})
     globals()["MLflowTrialCallback"] = cls
     return cls
 

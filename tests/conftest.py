@@ -1,8 +1,9 @@
-"""Shared pytest fixtures: one local Ray per test session, a fresh SQLite MLflow store."""
+"""Shared pytest fixtures: one local Ray per test session, fresh SQLite MLflow stores."""
 
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -27,7 +28,18 @@ def ray_local() -> Iterator[None]:
         ray.shutdown()
 
 
+@pytest.fixture(scope="session")
+def mlflow_db_template(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """An empty, fully migrated MLflow SQLite database (creating one takes seconds)."""
+    from mlflow import MlflowClient
+
+    path = tmp_path_factory.mktemp("mlflow-template") / "mlflow.db"
+    MlflowClient(f"sqlite:///{path}").search_experiments()  # creates and migrates it
+    return path
+
+
 @pytest.fixture
-def mlflow_uri(tmp_path: Path) -> str:
-    """A tracking URI for a fresh SQLite store in the test's temporary folder."""
+def mlflow_uri(tmp_path: Path, mlflow_db_template: Path) -> str:
+    """A tracking URI for a fresh (empty) SQLite store in the test's temporary folder."""
+    shutil.copyfile(mlflow_db_template, tmp_path / "mlflow.db")
     return f"sqlite:///{tmp_path}/mlflow.db"

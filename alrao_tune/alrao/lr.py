@@ -329,7 +329,7 @@ def _module_sets(
     else:
         rule = _find_rule(type(module))
         if rule is None:
-            raise _unsupported(path, module, owned, "Alrao has no feature rule for its type")
+            raise _unsupported(path, module, list(owned), "Alrao has no feature rule for its type")
         sets = [(s, None) for s in rule(module)]
     missing = set(owned) - {n for s, _ in sets for n in s.dims}
     if missing:
@@ -383,8 +383,9 @@ def feature_lrs(
     n_sets = 0
     for path, module in model.named_modules():
         owned = {n: p for n, p in module._parameters.items() if p is not None}
-        if not owned and not hasattr(module, "alrao_feature_lrs"):
-            continue
+        protocol = hasattr(module, "alrao_feature_lrs")
+        if not protocol and all(p in layout for p in owned.values()):
+            continue  # no parameters, or all of them tied to earlier ones
         if any(isinstance(p, nn.parameter.UninitializedParameter) for p in owned.values()):
             raise ValueError(
                 f"Module '{path}' has uninitialized (lazy) parameters; run one "
@@ -402,7 +403,8 @@ def feature_lrs(
                 _check_member(path, name, p, fset, dim)
                 dtype = torch.float64 if p.dtype == torch.float64 else torch.float32
                 key = (p.device, dtype)
-                cast.setdefault(key, rates.to(device=p.device, dtype=dtype))
+                if key not in cast:  # one tensor per device/dtype, shared by the set's members
+                    cast[key] = rates.to(device=p.device, dtype=dtype)
                 qualified = f"{path}.{name}" if path else name
                 layout[p] = FeatureLR(
                     qualified, dim % max(p.dim(), 1), cast[key], fset.index.get(name), n_sets

@@ -226,6 +226,9 @@ class Compare(_Model):
     adam: bool = True
     seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
     min_epochs: int | None = Field(None, ge=0)
+    default_lr: float = Field(0.01, gt=0)  # the "SGD at one fixed default rate" proxy
+    lr_find: bool = True  # proxy: LR range test, then one SGD run with 1cycle at its suggestion
+    alrao_auto_range: bool = True  # proxy: Alrao with its interval chosen by an LR range test
 
     @field_validator("seeds", mode="before")
     @classmethod

@@ -19,7 +19,8 @@ import pandas as pd
 from alrao_tune.tune.trainable import trial_config
 
 TRIAL_COLUMNS = (
-    "trial_id", "stage", "arch", "method", "seed", "status", "best_val_loss", "best_val_acc",
+    "trial_id", "stage", "proxy", "arch", "method", "seed", "status", "best_val_loss",
+    "best_val_acc",
     "best_best_head_val_loss", "test_loss", "test_acc", "lr_eff", "epochs", "time_total_s",
     "n_params", "lr", "momentum", "weight_decay", "error", "run_id",
 )
@@ -90,6 +91,7 @@ def trials_frame(grid: Any, run_ids: Mapping[str, str] | None = None) -> pd.Data
         row = {
             "trial_id": trial_id,
             "stage": config.get("stage", ""),
+            "proxy": config.get("proxy", ""),
             "arch": config.get("arch_name", ""),
             "method": train.get("method", ""),
             "seed": train.get("seed"),
@@ -103,6 +105,8 @@ def trials_frame(grid: Any, run_ids: Mapping[str, str] | None = None) -> pd.Data
             row[key] = metrics.get(key, math.nan)
         for key in ("lr", "momentum", "weight_decay"):
             row[key] = config.get(key, train.get(key, math.nan))
+        if "run_lr" in metrics:  # the rate actually used (e.g. found by an LR range test)
+            row["lr"] = metrics["run_lr"]
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
     return frame.sort_values(["arch", "seed", "trial_id"], kind="stable").reset_index(drop=True)

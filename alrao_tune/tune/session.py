@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Iterator
 
@@ -12,6 +13,7 @@ _ENV_DEFAULTS = {
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_DEDUP_LOGS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
 }
 
 
@@ -29,7 +31,14 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None) -> I
     a Ray started here is shut down on exit.
     """
     set_ray_env()
+    import optuna
     import ray
+
+    # The driver prints alrao_tune's own progress; Tune's and Optuna's INFO/WARNING chatter
+    # (e.g. result.json look-ups that the disabled per-trial loggers make moot) is hidden.
+    for name in ("ray.tune", "ray.train", "ray.air"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
 
     if ray.is_initialized():
         yield

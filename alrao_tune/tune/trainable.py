@@ -93,7 +93,10 @@ def train_trial(config: dict[str, Any]) -> None:
 
     config = trial_config(config)
     cfg = trial_train_config(config)
-    trainer = Trainer(cfg, dataset_for(cfg))
+    data = dataset_for(cfg)
+    if config.get("lr_find"):
+        cfg = apply_lr_find(cfg, data, config["lr_find"])
+    trainer = Trainer(cfg, data)
     checkpoint = tune.get_checkpoint()
     best = _RunningBest()
     if checkpoint is not None:
@@ -106,6 +109,10 @@ def train_trial(config: dict[str, Any]) -> None:
         metrics = {k: v for k, v in record.items() if v is not None}
         metrics.update(best.update(record))
         metrics["n_params"] = trainer.n_params
+        if cfg.method == "alrao":
+            metrics.update(run_lr_min=cfg.lr_min, run_lr_max=cfg.lr_max)
+        else:
+            metrics["run_lr"] = cfg.lr
         if trainer.status != "running":
             metrics.update(_final_metrics(trainer))
         _maybe_fault(config.get(FAULT_KEY), trainer.epoch)
@@ -117,6 +124,25 @@ def train_trial(config: dict[str, Any]) -> None:
         report(dict(trainer.records[-1]), trainer)
         return
     trainer.run(report)
+
+
+def apply_lr_find(cfg: TrainConfig, data: DatasetSplits, how: str) -> TrainConfig:
+    """Runs an LR range test and derives the run's learning rate(s) from it.
+
+    ``how="1cycle"``: SGD with the 1cycle policy peaking at the suggested rate (the
+    practitioner's shortcut). ``how="alrao_range"``: Alrao with the interval
+    ``[r * 1e-4, r]`` where ``r`` is the rate at the range test's minimum loss, i.e. four
+    decades that end where training starts to blow up.
+    """
+    from alrao_tune.lr_find import lr_find
+
+    found = lr_find(cfg.replace(method="sgd"), data, num_iter=100, start_lr=1e-6, end_lr=10.0)
+    if how == "1cycle":
+        return cfg.replace(method="sgd", lr=found.suggested, schedule={"name": "onecycle"})
+    if how == "alrao_range":
+        return cfg.replace(method="alrao", lr_min=found.lr_min_loss * 1e-4,
+                           lr_max=found.lr_min_loss)
+    raise ValueError(f"unknown lr_find mode {how!r}; use '1cycle' or 'alrao_range'.")
 
 
 def _final_metrics(trainer: Any) -> dict[str, Any]:

@@ -1,0 +1,74 @@
+"""Figures drawn from the pure report functions' tables (matplotlib, headless).
+
+Nothing here computes: every function takes a table produced by ``alrao_tune.report`` or
+``alrao_tune.report_compare`` and only draws it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pandas as pd
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def scatter(data: pd.DataFrame, path: Path, fidelity: pd.DataFrame | None = None) -> Path:
+    """Proxy score vs ground truth per architecture (``report_compare.scatter_data``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 4.5), dpi=110)
+    finite = data[data["proxy"].abs() < float("inf")]
+    ax.scatter(finite["truth"], finite["proxy"], s=22)
+    for row in finite.itertuples():
+        ax.annotate(row.arch, (row.truth, row.proxy), fontsize=7, alpha=0.8)
+    ax.set_xlabel("truth: best SGD validation loss over the grid (seed mean)")
+    ax.set_ylabel("Alrao validation loss (seed mean)")
+    if fidelity is not None and "alrao" in set(fidelity["proxy"]):
+        row = fidelity[fidelity["proxy"] == "alrao"].iloc[0]
+        ax.set_title(f"Alrao proxy vs grid: Kendall τ = {row['tau_avg']:.2f}, "
+                     f"Spearman ρ = {row['rho_avg']:.2f}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def posterior_evolution(series: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Switch posterior per head over steps: a long table ``step, head, lr, posterior``."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    for (head, lr), group in series.groupby(["head", "lr"], sort=True):
+        ax.plot(group["step"], group["posterior"], label=f"head {head} (lr {lr:.1e})", lw=1.2)
+    ax.set_xlabel("training step")
+    ax.set_ylabel("switch posterior")
+    ax.set_ylim(-0.02, 1.02)
+    ax.legend(fontsize=6, ncol=2)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def learning_curves(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
+    """Validation loss per epoch, one line per run (``arch, label, epoch, val_loss``)."""
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    for label, group in curves.groupby("label", sort=True):
+        ax.plot(group["epoch"], group["val_loss"], label=str(label), lw=1.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation loss")
+    ax.set_yscale("log")
+    ax.legend(fontsize=6)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path

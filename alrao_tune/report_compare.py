@@ -1,0 +1,180 @@
+"""Pure functions from the compare job's trials table to its reports (tested by equality).
+
+The trials table has one row per run with columns ``arch, seed, proxy, lr, momentum,
+status, best_val_loss, best_best_head_val_loss, test_acc, test_loss, lr_eff,
+time_total_s, epochs, n_params``. ``proxy`` is ``sgd`` for the ground-truth grid and the
+proxy's name otherwise (``alrao``, ``alrao_auto``, ``adam``, ``lrfind_1cycle``,
+``sgd_default``).
+
+Ground truth ("best SGD over the grid") for momentum m: per (architecture, seed), the
+lowest best-epoch validation loss over the grid's learning rates; its test accuracy is
+that of the same run. Diverged or failed runs count as +inf loss.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+
+from alrao_tune import ranking
+
+BAD = ("diverged", "error")
+
+
+def _loss(frame: pd.DataFrame, column: str = "best_val_loss") -> pd.Series:
+    bad = frame["status"].isin(BAD) | frame[column].isna()
+    return frame[column].where(~bad, math.inf)
+
+
+def _table(frame: pd.DataFrame, values: pd.Series) -> pd.DataFrame:
+    """Score table: index = arch, columns = seed."""
+    table = pd.DataFrame({"arch": frame["arch"], "seed": frame["seed"], "v": values})
+    return table.pivot_table(index="arch", columns="seed", values="v", aggfunc="min",
+                             dropna=False).sort_index()
+
+
+def grid_rows(trials: pd.DataFrame, momentum: float) -> pd.DataFrame:
+    """The ground-truth grid's runs for one SGD momentum."""
+    return trials[(trials["proxy"] == "sgd") & np.isclose(trials["momentum"], momentum)]
+
+
+def truth_tables(trials: pd.DataFrame, momentum: float) -> dict[str, pd.DataFrame]:
+    """``val_loss``, ``test_acc`` and ``best_lr`` tables of the best grid point per (arch, seed)."""
+    grid = grid_rows(trials, momentum).assign(loss=lambda f: _loss(f))
+    best = grid.sort_values(["arch", "seed", "loss", "lr"]).groupby(["arch", "seed"]).head(1)
+    return {
+        "val_loss": _table(best, best["loss"]),
+        "test_acc": _table(best, best["test_acc"].where(np.isfinite(best["loss"]), 0.0)),
+        "best_lr": _table(best, best["lr"]),
+    }
+
+
+def proxy_tables(trials: pd.DataFrame, *, default_lr: float, momentum: float) -> dict[str,
+                                                                                       pd.DataFrame]:
+    """Score tables (lower is better) of every cheap proxy present in ``trials``."""
+    out: dict[str, pd.DataFrame] = {}
+    for name in ("alrao", "alrao_auto", "adam", "lrfind_1cycle", "sgd_default"):
+        rows = trials[trials["proxy"] == name]
+        if len(rows):
+            out[name] = _table(rows, _loss(rows))
+    alrao = trials[trials["proxy"] == "alrao"]
+    if len(alrao):
+        out["alrao_best_head"] = _table(alrao, _loss(alrao, "best_best_head_val_loss"))
+    if "sgd_default" not in out:
+        grid = grid_rows(trials, momentum)
+        rows = grid[np.isclose(grid["lr"], default_lr)]
+        if len(rows):
+            out["sgd_default"] = _table(rows, _loss(rows))
+    if "alrao" in out and "adam" in out:
+        out["ensemble_alrao_adam"] = ranking.rank_ensemble([out["alrao"], out["adam"]])
+    sizes = trials.groupby("arch")["n_params"].max()
+    any_table = next(iter(out.values()), None)
+    if any_table is not None:
+        out["param_count"] = pd.DataFrame(
+            {s: -sizes.reindex(any_table.index).astype(float) for s in any_table.columns})
+    return out
+
+
+def _mean_std(values: pd.Series) -> str:
+    finite = values[np.isfinite(values)]
+    if len(finite) == 0:
+        return "diverged"
+    text = f"{finite.mean():.3f} ± {finite.std(ddof=0):.3f}"
+    return text + (f" ({len(values) - len(finite)} diverged)" if len(finite) < len(values) else "")
+
+
+def table1(trials: pd.DataFrame, momentum: float) -> pd.DataFrame:
+    """The paper's Table 1 layout per architecture: best SGD LR, its loss/accuracy; Adam; Alrao.
+
+    Losses are best-epoch validation losses and accuracies test accuracies at that
+    epoch, as ``mean ± std`` over seeds.
+    """
+    truth = truth_tables(trials, momentum)
+    rows = []
+    for arch in truth["val_loss"].index:
+        best_lrs = truth["best_lr"].loc[arch].dropna()
+        row = {"arch": arch, "n_params": int(trials.loc[trials["arch"] == arch, "n_params"].max()),
+               "sgd_best_lr": _geo(best_lrs),
+               "sgd_val_loss": _mean_std(truth["val_loss"].loc[arch]),
+               "sgd_test_acc": _mean_std(truth["test_acc"].loc[arch])}
+        for proxy in ("adam", "alrao"):
+            rows_p = trials[(trials["proxy"] == proxy) & (trials["arch"] == arch)]
+            if len(rows_p):
+                row[f"{proxy}_val_loss"] = _mean_std(_loss(rows_p))
+                row[f"{proxy}_test_acc"] = _mean_std(rows_p["test_acc"].where(
+                    np.isfinite(_loss(rows_p)), np.nan).fillna(-np.inf))
+        alrao = trials[(trials["proxy"] == "alrao") & (trials["arch"] == arch)]
+        if len(alrao):
+            row["alrao_lr_eff"] = _geo(alrao["lr_eff"])
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _geo(values: pd.Series) -> float:
+    v = [x for x in values if isinstance(x, (int, float)) and x > 0 and math.isfinite(x)]
+    return float(math.exp(sum(math.log(x) for x in v) / len(v))) if v else math.nan
+
+
+def compute_costs(trials: pd.DataFrame, momentum: float) -> pd.DataFrame:
+    """Trial-seconds and epochs of each proxy vs the full grid (for one momentum)."""
+    grid = grid_rows(trials, momentum)
+    g_s, g_e = float(grid["time_total_s"].sum()), float(grid["epochs"].sum())
+    rows = [{"proxy": "grid (truth)", "trial_seconds": g_s, "epochs": g_e, "share_of_grid": 1.0}]
+    for proxy, group in trials[trials["proxy"] != "sgd"].groupby("proxy"):
+        s = float(group["time_total_s"].sum())
+        rows.append({"proxy": proxy, "trial_seconds": s, "epochs": float(group["epochs"].sum()),
+                     "share_of_grid": s / g_s if g_s else math.nan})
+    return pd.DataFrame(rows)
+
+
+def pipeline_vs_grid(trials: pd.DataFrame, momentum: float, k: int,
+                     proxy: str = "alrao") -> dict[str, float]:
+    """The two-stage pipeline simulated on the grid's runs.
+
+    Stage 1 keeps the proxy's top-``k`` architectures (seed-averaged score); stage 2 is
+    taken as the grid itself on those ``k`` (its best rate found). Returns the regret of
+    the final pick in test-accuracy points against the grid's best architecture and the
+    share of the full grid's trial-seconds the pipeline used.
+    """
+    truth = truth_tables(trials, momentum)
+    tables = proxy_tables(trials, default_lr=math.nan, momentum=momentum)
+    if proxy not in tables:
+        return {}
+    chosen = list(ranking.seed_average(tables[proxy]).sort_values(kind="stable").index[:k])
+    truth_loss = ranking.seed_average(truth["val_loss"])
+    acc = truth["test_acc"].mean(axis=1)
+    pick = truth_loss.loc[chosen].idxmin()
+    grid = grid_rows(trials, momentum)
+    cost = (float(trials.loc[trials["proxy"] == proxy, "time_total_s"].sum())
+            + float(grid.loc[grid["arch"].isin(chosen), "time_total_s"].sum()))
+    total = float(grid["time_total_s"].sum())
+    return {"k": k, "pick": pick, "grid_best": truth_loss.idxmin(),
+            "regret_acc_points": 100 * float(acc.loc[truth_loss.idxmin()] - acc.loc[pick]),
+            "share_of_grid": cost / total if total else math.nan}
+
+
+def lr_agreement(trials: pd.DataFrame, momentum: float) -> pd.DataFrame:
+    """How far Alrao's effective rate lands from the grid's best rate (in decades)."""
+    truth = truth_tables(trials, momentum)
+    alrao = trials[trials["proxy"] == "alrao"].groupby("arch")["lr_eff"].apply(_geo)
+    rows = []
+    for arch in truth["best_lr"].index:
+        best = _geo(truth["best_lr"].loc[arch])
+        eff = float(alrao.get(arch, math.nan))
+        rows.append({"arch": arch, "grid_best_lr": best, "alrao_lr_eff": eff,
+                     "decades_off": math.log10(eff / best) if eff > 0 and best > 0 else math.nan})
+    return pd.DataFrame(rows)
+
+
+def scatter_data(proxy: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Seed-averaged proxy score vs seed-averaged truth per architecture (for the plot)."""
+    return pd.DataFrame({"proxy": ranking.seed_average(proxy),
+                         "truth": ranking.seed_average(truth)}).rename_axis("arch").reset_index()
+
+
+def curves_data(records: Sequence[dict]) -> pd.DataFrame:
+    """Long table ``arch, proxy, lr, epoch, val_loss`` for per-LR learning curves."""
+    return pd.DataFrame.from_records(records, columns=["arch", "proxy", "lr", "epoch", "val_loss"])
