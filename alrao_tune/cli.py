@@ -282,6 +282,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alrao-tune`` console script."""
     args = build_parser().parse_args(argv)
+    import logging
+
+    for name in ("mlflow", "alembic"):  # database set-up chatter
+        logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
     except _input_errors() as err:

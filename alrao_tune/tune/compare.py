@@ -145,7 +145,7 @@ def compare(
         job = TuneJob(name="compare", param_space={"trial": tune.grid_search(configs)},
                       storage=root, resources=space.resources.model_dump(),
                       metric="best_val_loss", mode="min",
-                      callbacks=[callback, _ProgressCallback(say, "compare")])
+                      callbacks=[callback, _ProgressCallback(say, "compare", len(configs), _name)])
         with ray_session(address):
             try:
                 grid = run_job(job)

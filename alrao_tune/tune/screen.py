@@ -21,6 +21,7 @@ from alrao_tune.space import SearchSpace, load_space
 from alrao_tune.tune import stages
 from alrao_tune.tune.preflight import preflight
 from alrao_tune.tune.runner import TuneJob, run_job, trials_frame
+from alrao_tune.tune.search import PerArchSearch
 
 Progress = Callable[[str], None]
 
@@ -181,28 +182,28 @@ class _Pipeline:
         run = self._run("stage2", "stage2 (optuna)", pipeline_run)
         by_name = {a["name"]: a for a in self.archs}
         lr_eff = dict(zip(s1["arch"], s1["lr_eff"]))
-        frames = []
-        for i, name in enumerate(chosen):
-            first = stages.seed_point(space, float(lr_eff.get(name, math.nan)))
-            metric = f"best_{s2.metric}"
-            job = TuneJob(
-                name=f"stage2-{i:02d}-{stages.safe_name(name)}",
-                param_space=stages.stage2_param_space(space, by_name[name]),
-                storage=self.state.root, resources=space.resources.model_dump(),
-                metric=metric, mode=space.stage2_mode, num_samples=s2.trials_per_arch,
-                search_alg=stages.stage2_searcher(space, metric, space.stage2_mode, first))
-            frame = self._run_job(job, run, f"stage2:{name}")
-            frame["seeded"] = [first is not None and math.isclose(v, first, rel_tol=1e-9)
-                               for v in frame["lr"]]
-            frames.append(frame)
+        metric, mode = f"best_{s2.metric}", space.stage2_mode
+        first = {n: stages.seed_point(space, float(lr_eff.get(n, math.nan))) for n in chosen}
+        searcher = PerArchSearch(
+            {n: stages.stage2_searcher(space, metric, mode, first[n]) for n in chosen},
+            {n: stages.stage2_param_space(space, by_name[n]) for n in chosen},
+            budget=s2.trials_per_arch, metric=metric, mode=mode)
+        job = TuneJob(
+            name="stage2", param_space={}, storage=self.state.root,
+            resources=space.resources.model_dump(), metric=metric, mode=mode,
+            num_samples=s2.trials_per_arch * len(chosen), search_alg=searcher)
+        frame = self._run_job(job, run, "stage2")
+        frame["seeded"] = [first.get(a) is not None and math.isclose(v, first[a], rel_tol=1e-9)
+                           for a, v in zip(frame["arch"], frame["lr"])]
         self._end(run)
-        return pd.concat(frames, ignore_index=True)
+        return frame
 
     def _run_job(self, job: TuneJob, stage_run: str, label: str) -> pd.DataFrame:
         from alrao_tune.tracking import MLflowTrialCallback
 
         callback = MLflowTrialCallback(self.tree, stage_run, trial_name_fn=_trial_name)
-        job.callbacks = [callback, _ProgressCallback(self.say, label)]
+        total = job.num_samples if job.search_alg is not None else None
+        job.callbacks = [callback, _ProgressCallback(self.say, label, total)]
         t0 = time.perf_counter()
         try:
             grid = run_job(job, resume=self.resume)
@@ -230,7 +231,9 @@ def _trial_name(trial: Any) -> str:
 class _ProgressCallback:
     """Prints one line per finished trial (a Tune callback, duck-typed below)."""
 
-    def __new__(cls, say: Progress, label: str) -> Any:
+    def __new__(cls, say: Progress, label: str, total: int | None = None,
+                name_fn: Callable[[Any], str] | None = None) -> Any:
+        name = name_fn or _trial_name
         from ray import tune
 
         class Printer(tune.Callback):
@@ -240,7 +243,7 @@ class _ProgressCallback:
             def on_trial_complete(self, iteration: int, trials: list, trial: Any, **kw: Any):
                 self.done += 1
                 r = trial.last_result or {}
-                say(f"  [{label}] {self.done}/{len(trials)} {_trial_name(trial)}: "
+                say(f"  [{label}] {self.done}/{total or len(trials)} {name(trial)}: "
                     f"val_loss={r.get('best_val_loss', float('nan')):.4f} "
                     f"val_acc={r.get('best_val_acc', float('nan')):.3f} "
                     f"({r.get('run_status', r.get('status', 'stopped'))}, "
@@ -248,7 +251,7 @@ class _ProgressCallback:
 
             def on_trial_error(self, iteration: int, trials: list, trial: Any, **kw: Any):
                 self.done += 1
-                say(f"  [{label}] {self.done}/{len(trials)} {_trial_name(trial)}: FAILED")
+                say(f"  [{label}] {self.done}/{total or len(trials)} {name(trial)}: FAILED")
 
         return Printer()
 

@@ -68,9 +68,14 @@ def _freeze(value: Any) -> Any:
 
 
 class _RunningBest:
-    """Best-so-far values over epochs, for ranking trials stopped at any epoch."""
+    """Best-so-far values over epochs, for ranking trials stopped at any epoch.
+
+    Every key is always reported (Tune requires the ranking metric in every result): a
+    run with no finite value yet reports the worst value, ``inf`` loss or 0 accuracy.
+    """
 
     KEYS = (("val_loss", min), ("val_acc", max), ("best_head_val_loss", min))
+    WORST = {"val_loss": math.inf, "val_acc": 0.0, "best_head_val_loss": math.inf}
 
     def __init__(self) -> None:
         self.values: dict[str, float] = {}
@@ -78,8 +83,10 @@ class _RunningBest:
     def update(self, record: Mapping[str, Any]) -> dict[str, float]:
         for key, better in self.KEYS:
             value = record.get(key)
+            if key == "best_head_val_loss" and value is None:
+                continue  # not an Alrao run
             if value is None or not math.isfinite(value):
-                continue
+                value = self.WORST[key]
             old = self.values.get(f"best_{key}")
             self.values[f"best_{key}"] = value if old is None else better(old, value)
         return dict(self.values)
