@@ -122,3 +122,18 @@ def leaderboard(stage1: pd.DataFrame, stage2: pd.DataFrame | None, mode: str) ->
                "best_lr", "val_loss", "val_acc", "test_loss", "test_acc", "stage2_rank",
                "trial_seconds"]
     return board[columns].reset_index(drop=True)
+
+
+def posterior_frame(histories: dict[int, list[tuple[int, float]]],
+                    rates: list[float]) -> pd.DataFrame:
+    """Long table ``step, head, lr, posterior`` from per-head ``(step, value)`` series."""
+    rows = [{"step": step, "head": head, "lr": rates[head], "posterior": value}
+            for head, series in sorted(histories.items()) for step, value in series]
+    return pd.DataFrame(rows, columns=["step", "head", "lr", "posterior"])
+
+
+def curves_frame(histories: dict[str, list[tuple[int, float]]]) -> pd.DataFrame:
+    """Long table ``label, epoch, val_loss`` from per-run ``(epoch, value)`` series."""
+    rows = [{"label": label, "epoch": epoch, "val_loss": value}
+            for label, series in sorted(histories.items()) for epoch, value in series]
+    return pd.DataFrame(rows, columns=["label", "epoch", "val_loss"])

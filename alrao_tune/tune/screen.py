@@ -133,6 +133,7 @@ class _Pipeline:
             result = ScreenResult(space.name, t1, s1, t2, s2, board, "", tree.experiment_id,
                                   dict(self.run_ids), dict(self.timings), str(self.state.root))
             _log_pipeline_artifacts(tree, pipeline_run, space, result)
+            _log_figures(tree, pipeline_run, space, result, self.state.root / "figures")
             status = "FINISHED"
             return result
         except KeyboardInterrupt:
@@ -282,6 +283,35 @@ def _log_pipeline_artifacts(tree: Any, run_id: str, space: SearchSpace, r: Scree
         tree.log_text(run_id, r.stage2.to_csv(index=False), "stage2.csv")
     tree.log_dict(run_id, r.to_json(), "results.json")
     tree.log_metrics(run_id, {k: v for k, v in r.timings.items() if math.isfinite(v)})
+
+
+def _log_figures(tree: Any, run_id: str, space: SearchSpace, r: ScreenResult,
+                 folder: Path) -> None:
+    """Stage-1 learning curves and each top-k architecture's switch posterior, as PNGs."""
+    from alrao_tune import figures
+    from alrao_tune.alrao.heads import head_learning_rates
+
+    folder.mkdir(parents=True, exist_ok=True)
+    client = tree.client
+    trials = r.stage1_trials.dropna(subset=["run_id"])
+    first_seed = trials[trials["seed"] == trials["seed"].min()]
+    curves = {row.arch: [(m.step, m.value) for m in client.get_metric_history(row.run_id,
+                                                                             "val_loss")]
+              for row in first_seed.itertuples()}
+    path = figures.learning_curves(report.curves_frame(curves), folder / "stage1_curves.png",
+                                   "stage 1: Alrao validation loss per architecture")
+    tree.log_artifact(run_id, path, "figures")
+    rates = head_learning_rates(space.alrao.n_heads, space.alrao.lr_min,
+                                space.alrao.lr_max).tolist()
+    for row in first_seed[first_seed["arch"].isin(report.top_k(r.stage1,
+                                                              space.stage1.top_k))].itertuples():
+        hist = {k: [(m.step, m.value) for m in client.get_metric_history(
+            row.run_id, f"posterior/head_{k:02d}")] for k in range(len(rates))}
+        path = figures.posterior_evolution(
+            report.posterior_frame(hist, rates),
+            folder / f"posterior_{stages.safe_name(row.arch)}.png",
+            f"switch posterior over training: {row.arch}")
+        tree.log_artifact(run_id, path, "figures")
 
 
 def write_outputs(result: ScreenResult, output: Path) -> None:
