@@ -1,3 +1,38 @@
-"""alrao_tune: screen architectures cheaply with Alrao, then tune only the best."""
+"""alrao_tune: screen architectures cheaply with Alrao, then tune only the best.
+
+Python API (imported lazily, so ``import alrao_tune`` stays light)::
+
+    import alrao_tune
+    result = alrao_tune.screen("searchspaces/quickstart.yaml")   # ScreenResult
+    result.leaderboard                                           # pandas DataFrame
+    history = alrao_tune.fit({"dataset": "mnist1d", "arch": {"family": "cnn1d"}})
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "screen": ("alrao_tune.tune.screen", "screen"),
+    "compare": ("alrao_tune.tune.compare", "compare"),
+    "fit": ("alrao_tune.train", "fit"),
+    "Trainer": ("alrao_tune.train", "Trainer"),
+    "TrainConfig": ("alrao_tune.config", "TrainConfig"),
+    "lr_find": ("alrao_tune.lr_find", "lr_find"),
+    "load_space": ("alrao_tune.space", "load_space"),
+}
+
+__all__ = ["__version__", *_LAZY]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'alrao_tune' has no attribute {name!r}")
+    import importlib
+
+    module, attr = _LAZY[name]
+    value = getattr(importlib.import_module(module), attr)
+    globals()[name] = value
+    return value

@@ -106,3 +106,44 @@ def overhead(steps: int = 200) -> dict[str, dict[str, float]]:
     out["switch"] = {"update_us": switch_update_us()}
     out["state"] = {k: float(v) for k, v in optimizer_state_numel().items()}
     return out
+
+
+def loop_overhead(epochs: int = 3, method: str = "alrao") -> dict[str, float]:
+    """The training loop's own cost, on MNIST-1D with the default 1-D CNN.
+
+    Interleaves, epoch by epoch, (a) a bare loop over the same batches (zero_grad,
+    loss, backward, step; nothing else) on one model and (b) :class:`Trainer` epochs on
+    an identical model. ``step_overhead`` = Trainer's training-steps time / bare time - 1
+    (batching, loss bookkeeping, divergence checks, posterior recording, hooks);
+    ``loop_share`` = the part of a Trainer epoch that is neither training steps nor the
+    validation pass (metrics, records, best-state bookkeeping); ``eval_share`` = the
+    validation pass's part of an epoch.
+    """
+    from alrao_tune.config import TrainConfig
+    from alrao_tune.data import iterate_batches, load_dataset
+    from alrao_tune.train import Trainer
+
+    cfg = TrainConfig(dataset="mnist1d", arch={"family": "cnn1d"}, method=method,
+                      epochs=epochs, patience=None, device="cpu", posterior_every=10)
+    data = load_dataset("mnist1d")
+    trainer, bare = Trainer(cfg, data), Trainer(cfg, data)
+    gen = torch.Generator().manual_seed(0)
+    totals = {"bare": 0.0, "train": 0.0, "eval": 0.0, "epoch": 0.0}
+    for _ in range(epochs):
+        t0 = time.perf_counter()
+        bare.model.train()
+        for xb, yb in iterate_batches(data.x_train, data.y_train, cfg.batch_size,
+                                      shuffle=True, generator=gen):
+            bare._step(xb, yb)
+        totals["bare"] += time.perf_counter() - t0
+        rec = trainer.train_epoch()
+        totals["train"] += rec["train_time_s"]
+        totals["eval"] += rec["eval_time_s"]
+        totals["epoch"] += rec["epoch_time_s"]
+    return {
+        "bare_epoch_s": totals["bare"] / epochs,
+        "trainer_epoch_s": totals["epoch"] / epochs,
+        "step_overhead": totals["train"] / totals["bare"] - 1,
+        "loop_share": (totals["epoch"] - totals["train"] - totals["eval"]) / totals["epoch"],
+        "eval_share": totals["eval"] / totals["epoch"],
+    }

@@ -213,6 +213,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
             st = figures["state"]
             print(f"optimizer state (mlp, no momentum): {st['state_numel']:.0f} values for "
                   f"{st['param_numel']:.0f} parameters")
+    elif args.what == "loop":
+        figures = {m: bench.loop_overhead(epochs=args.epochs, method=m)
+                   for m in ("alrao", "sgd")}
+        if args.json:
+            _print_json(figures)
+        else:
+            for m, f in figures.items():
+                print(f"{m:>5}: bare epoch {f['bare_epoch_s']:.3f} s, trainer epoch "
+                      f"{f['trainer_epoch_s']:.3f} s; step overhead "
+                      f"{100 * f['step_overhead']:+.1f}%, loop bookkeeping "
+                      f"{100 * f['loop_share']:.1f}% of an epoch, validation "
+                      f"{100 * f['eval_share']:.1f}%")
     return 0
 
 
@@ -272,8 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
-    b.add_argument("what", choices=("overhead",))
-    b.add_argument("--steps", type=int, default=200)
+    b.add_argument("what", choices=("overhead", "loop"),
+                   help="overhead: Alrao vs SGD step time; loop: the training loop's own cost")
+    b.add_argument("--steps", type=int, default=200, help="overhead: timed steps per model")
+    b.add_argument("--epochs", type=int, default=3, help="loop: timed epochs")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
     return parser

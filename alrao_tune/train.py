@@ -150,11 +150,13 @@ class Trainer:
         train_loss, step_posteriors = self._train_steps()
         train_s = time.perf_counter() - t0
         val = self.evaluate(self._tensors[2], self._tensors[3])
+        eval_s = time.perf_counter() - t0 - train_s
         self.schedule.step_epoch()
         self.epoch += 1
-        epoch_s = time.perf_counter() - t0
+        record = self._record(train_loss, val, train_s, step_posteriors)
+        record["eval_time_s"] = eval_s
+        record["epoch_time_s"] = epoch_s = time.perf_counter() - t0
         self.train_time_s += epoch_s
-        record = self._record(train_loss, val, train_s, epoch_s, step_posteriors)
         self.records.append(record)
         self._update_stopping(record)
         record["status"] = self.status
@@ -239,11 +241,11 @@ class Trainer:
             return F.nll_loss(avg, target), correct, head_nll
         return task_loss(avg, target, self.task), 0.0, head_nll
 
-    def _record(self, train_loss: float, val: dict[str, Any], train_s: float, epoch_s: float,
+    def _record(self, train_loss: float, val: dict[str, Any], train_s: float,
                 step_posteriors: list[tuple[int, Tensor]]) -> dict[str, Any]:
         rec: dict[str, Any] = {
             "epoch": self.epoch, "train_loss": train_loss, "val_loss": val["loss"],
-            "epoch_time_s": epoch_s, "train_time_s": train_s, "global_step": self.global_step,
+            "train_time_s": train_s, "global_step": self.global_step,
             "lr_scale": float(self.optimizer.param_groups[0]["lr"]),
         }
         if "acc" in val:
