@@ -214,6 +214,10 @@ class _Pipeline:
         frame = trials_frame(grid, callback.run_ids)
         self.timings[f"{label}_wall_s"] = wall
         self.timings[f"{label}_trial_s"] = float(frame["time_total_s"].fillna(0).sum())
+        stats = callback.stats
+        self.timings[f"{label}_mlflow_values"] = float(stats["values"])
+        self.timings[f"{label}_mlflow_hook_s"] = float(stats["hook_s"])  # blocking Tune's loop
+        self.timings[f"{label}_mlflow_write_s"] = float(stats["write_s"])  # background thread
         self.tree.log_text(stage_run, frame.to_csv(index=False),
                            f"trials-{stages.safe_name(label)}.csv")
         return frame
