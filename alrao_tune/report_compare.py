@@ -47,6 +47,7 @@ def truth_tables(trials: pd.DataFrame, momentum: float) -> dict[str, pd.DataFram
     best = grid.sort_values(["arch", "seed", "loss", "lr"]).groupby(["arch", "seed"]).head(1)
     return {
         "val_loss": _table(best, best["loss"]),
+        "val_acc": _table(best, best["best_val_acc"].where(np.isfinite(best["loss"]), 0.0)),
         "test_acc": _table(best, best["test_acc"].where(np.isfinite(best["loss"]), 0.0)),
         "best_lr": _table(best, best["lr"]),
     }
@@ -99,13 +100,15 @@ def table1(trials: pd.DataFrame, momentum: float) -> pd.DataFrame:
         row = {"arch": arch, "n_params": int(trials.loc[trials["arch"] == arch, "n_params"].max()),
                "sgd_best_lr": _geo(best_lrs),
                "sgd_val_loss": _mean_std(truth["val_loss"].loc[arch]),
+               "sgd_val_acc": _mean_std(truth["val_acc"].loc[arch]),
                "sgd_test_acc": _mean_std(truth["test_acc"].loc[arch])}
         for proxy in ("adam", "alrao"):
             rows_p = trials[(trials["proxy"] == proxy) & (trials["arch"] == arch)]
             if len(rows_p):
+                ok = np.isfinite(_loss(rows_p))
                 row[f"{proxy}_val_loss"] = _mean_std(_loss(rows_p))
-                row[f"{proxy}_test_acc"] = _mean_std(rows_p["test_acc"].where(
-                    np.isfinite(_loss(rows_p)), np.nan).fillna(-np.inf))
+                for col, src in (("val_acc", "best_val_acc"), ("test_acc", "test_acc")):
+                    row[f"{proxy}_{col}"] = _mean_std(rows_p[src].where(ok, -np.inf))
         alrao = trials[(trials["proxy"] == "alrao") & (trials["arch"] == arch)]
         if len(alrao):
             row["alrao_lr_eff"] = _geo(alrao["lr_eff"])
