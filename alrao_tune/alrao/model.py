@@ -139,16 +139,16 @@ class AlraoModel(nn.Module):
         flat = feats.reshape(-1, feats.shape[-1])
         target = y.reshape(flat.shape[0], *y.shape[len(lead) :])
         heads = self.heads
-        # (b) each head on detached features: gradient of its own mean NLL only.
-        head_nll = heads.nll(heads(flat.detach()), target).mean(0)  # [K]
+        # One matmul; `own` routes gradients to the heads only, `mix` to the features only.
+        own_out, mix_out = heads.routed(flat)  # [N, K, C] each
+        # (b) each head: the gradient of its own mean NLL only.
+        head_nll = heads.nll(own_out, target).mean(0)  # [K]
         bad = ~torch.isfinite(head_nll)
         head_loss = head_nll.masked_fill(bad, 0.0).sum()
-        # (a) the averaged model through detached head parameters (bad heads zeroed).
-        weight = heads.weight.detach().masked_fill(bad[:, None, None], 0.0)
-        bias = heads.bias.detach().masked_fill(bad[:, None], 0.0)
-        mix_out = heads(flat, weight, bias)  # [N, K, C]
+        # (a) the averaged model, bad heads left out (weight 0, no gradient).
         logpost = self._finite_heads_posterior(bad, mix_out.dtype)
-        mix_loss = -torch.logsumexp(logpost - heads.nll(mix_out, target), dim=-1).mean()
+        mix_nll = heads.nll(mix_out, target).masked_fill(bad, 0.0)
+        mix_loss = -torch.logsumexp(logpost - mix_nll, dim=-1).mean()
         # (c) advance the switch with the pre-update per-head losses.
         self.switch.update(head_nll.detach())
         output = None
