@@ -1,4 +1,4 @@
-"""The ``alrao-tune`` command line: ``train``, ``screen``, ``compare``, ``bench``.
+"""The ``alrao-tune`` command line: ``train``, ``screen``, ``compare``, ``bench``, ``ui``.
 
 Bad input (YAML, flags, specs, paths, an unreachable tracking server) prints one line
 ``alrao-tune: error: ...`` naming the problem and the fix, and exits with code 2.
@@ -290,6 +290,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--epochs", type=int, default=3, help="loop: timed epochs")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
+
+    from alrao_tune.ui import add_ui_parser
+
+    add_ui_parser(sub)
     return parser
 
 

@@ -17,6 +17,7 @@ import math
 import os
 import tempfile
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -33,9 +34,9 @@ if TYPE_CHECKING:
 KIND_TAG = "alrao_tune.kind"
 PAGE_SIZE = 1000
 CURVE_METRICS = ("train_loss", "val_loss", "val_acc", "lr_eff")
-FUNNEL_COLUMNS = ("rank", "arch", "n_params", "alrao_score", "alrao_rank", "lr_eff", "stage2",
-                  "best_lr", "val_loss", "val_acc", "test_loss", "test_acc", "stage2_rank",
-                  "status", "trial_seconds")
+FUNNEL_COLUMNS = ("rank", "arch", "status", "n_params", "alrao_score", "alrao_rank", "lr_eff",
+                  "stage2", "best_lr", "val_loss", "val_acc", "test_loss", "test_acc",
+                  "stage2_rank", "trial_seconds")
 # = alrao_tune.tune.runner.TRIAL_COLUMNS (a test checks it); importing that module imports
 # torch, which the dashboard does not need.
 TRIAL_COLUMNS = (
@@ -378,19 +379,22 @@ def learning_curves(client: MlflowClient, run_id: str,
     return frame.rename_axis("epoch").reset_index()
 
 
-def head_rates(run: Run) -> list[float]:
+def head_rates(params: Mapping[str, str], metrics: Mapping[str, float]) -> list[float]:
     """The heads' learning rates ``exp(linspace(log lr_min, log lr_max, K))`` of a trial
     (``alrao_tune.alrao.heads.head_learning_rates`` in float64, without importing torch).
 
-    K is the number of ``posterior/head_XX`` metrics; the interval is the one the run used
-    (metrics ``run_lr_min/max``, set when an LR range test chose it), else the params.
+    Args:
+        params: the trial run's params (``train.lr_min``, ``train.lr_max``).
+        metrics: its latest metrics: K is the number of ``posterior/head_XX`` metrics; the
+            interval is the one the run used (``run_lr_min/max``, set when an LR range test
+            chose it), else the params'.
     """
-    params = {k.removeprefix("trial."): v for k, v in run.data.params.items()}
-    k = sum(name.startswith("posterior/head_") for name in run.data.metrics)
+    params = {k.removeprefix("trial."): v for k, v in params.items()}
+    k = sum(name.startswith("posterior/head_") for name in metrics)
     if k == 0:
         return []
-    lo = run.data.metrics.get("run_lr_min", _parse(params.get("train.lr_min")))
-    hi = run.data.metrics.get("run_lr_max", _parse(params.get("train.lr_max")))
+    lo = metrics.get("run_lr_min", _parse(params.get("train.lr_min")))
+    hi = metrics.get("run_lr_max", _parse(params.get("train.lr_max")))
     if k == 1:
         return [math.exp(0.5 * (math.log(lo) + math.log(hi)))]
     return np.exp(np.linspace(math.log(lo), math.log(hi), k)).tolist()
@@ -404,7 +408,7 @@ def posterior_series(client: MlflowClient, run_id: str) -> pd.DataFrame:
         empty for a run without heads (plain SGD/Adam).
     """
     run = client.get_run(run_id)
-    rates = head_rates(run)
+    rates = head_rates(run.data.params, run.data.metrics)
     histories = {k: [(m.step, m.value) for m in client.get_metric_history(
         run_id, f"posterior/head_{k:02d}")] for k in range(len(rates))}
     frame = report.posterior_frame(histories, rates)

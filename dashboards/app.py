@@ -106,7 +106,7 @@ def funnel_tab(data: rm.PipelineData, ui: str) -> None:
     st.caption(f"Pipeline run {data.run_id} ({data.status}); read from {data.source}. "
                "Stage 1 ranks every architecture by one Alrao run (alrao_score, lower is "
                "better for a loss); stage 2 tunes the learning rate of the top-k "
-               "(best_lr, val_*/test_* of the best trial).")
+               "(best_lr, and the best trial's validation and test metrics).")
     _link(ui, data.experiment_id, data.run_id, "open the pipeline run in MLflow")
 
 
@@ -136,7 +136,8 @@ def trial_tab(uri: str, data: rm.PipelineData, ui: str) -> None:
         chart = alt.Chart(posterior).mark_line().encode(
             x=alt.X("step:Q", title="training step"),
             y=alt.Y("posterior:Q", scale=alt.Scale(domain=[0, 1]), title="posterior"),
-            color=alt.Color("label:N", sort=order, title="head (its lr)"))
+            color=alt.Color("label:N", sort=order, title="head (its lr)",
+                            scale=alt.Scale(scheme="viridis")))
         st.altair_chart(chart, key="posterior_chart")
         eff = rm.effective_lr(posterior)
         st.altair_chart(alt.Chart(eff).mark_line(color="black").encode(
