@@ -184,7 +184,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
     result = compare(
         args.space, overrides=args.set, seeds=args.seeds, tracking_uri=args.tracking_uri,
         storage=args.storage, address=args.address, output=args.output,
-        progress=None if args.json else print)
+        progress=None if args.json else print, resume=args.resume)
     if args.json:
         _print_json(result.to_json())
         return 0
@@ -225,6 +225,15 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       f"{100 * f['step_overhead']:+.1f}%, loop bookkeeping "
                       f"{100 * f['loop_share']:.1f}% of an epoch, validation "
                       f"{100 * f['eval_share']:.1f}%")
+    elif args.what == "soak":
+        from alrao_tune.tune.soak import soak
+
+        out = soak(n_trials=args.trials, failure_rate=args.failure_rate, seed=args.seed,
+                   tracking_uri=args.tracking_uri, storage=args.storage,
+                   progress=None if args.json else print)
+        if args.json:
+            _print_json(out)
+        return 0 if out["ok"] else 1
     return 0
 
 
@@ -280,14 +289,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--storage")
     c.add_argument("--address")
     c.add_argument("--output", help="write report-*.md, trials.csv, compare.json, PNGs here")
+    c.add_argument("--resume", action="store_true",
+                   help="finish the newest interrupted comparison (same --storage)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compare)
 
     b = sub.add_parser("bench", help="benchmarks that print figures")
-    b.add_argument("what", choices=("overhead", "loop"),
-                   help="overhead: Alrao vs SGD step time; loop: the training loop's own cost")
+    b.add_argument("what", choices=("overhead", "loop", "soak"),
+                   help="overhead: Alrao vs SGD step time; loop: the training loop's own "
+                        "cost; soak: many tiny trials with injected faults, then an audit "
+                        "that no MLflow run or value was lost (exit 1 if one was)")
     b.add_argument("--steps", type=int, default=200, help="overhead: timed steps per model")
     b.add_argument("--epochs", type=int, default=3, help="loop: timed epochs")
+    b.add_argument("--trials", type=int, default=50, help="soak: tiny trials in one experiment")
+    b.add_argument("--failure-rate", type=float, default=0.2,
+                   help="soak: share of trials given a fault (half crash once, half raise)")
+    b.add_argument("--seed", type=int, default=0, help="soak: seeds the fault plan")
+    b.add_argument("--tracking-uri", help="soak: MLflow store (default: a temporary SQLite)")
+    b.add_argument("--storage", help="soak: Tune storage (default: a temporary folder)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 

@@ -205,15 +205,18 @@ class RunTree:
         """Logs ``(key, value, step, timestamp_ms)`` entries (valid keys) and tags.
 
         One ``log_batch`` call per 900 metrics and 100 tags (MLflow takes 1,000 entities).
+        The tags go with the LAST metric batches: if a call fails (or the process dies)
+        part-way, no tag (e.g. ``alrao_tune.last_step``) claims values that were not stored.
         """
         from mlflow.entities import Metric, RunTag
 
         metrics = [Metric(k, v, t, s) for k, v, s, t in entries]
         tag_items = [RunTag(sanitize_metric_name(k), _clip(v, MAX_TAG_LEN))
                      for k, v in (tags or {}).items()]
-        for metric_chunk, tag_chunk in zip_longest(
-                _chunks(metrics, BATCH_ENTITIES - BATCH_TAGS), _chunks(tag_items, BATCH_TAGS),
-                fillvalue=()):
+        metric_chunks = list(_chunks(metrics, BATCH_ENTITIES - BATCH_TAGS))
+        tag_chunks = list(_chunks(tag_items, BATCH_TAGS))
+        tag_chunks = [()] * max(0, len(metric_chunks) - len(tag_chunks)) + tag_chunks
+        for metric_chunk, tag_chunk in zip_longest(metric_chunks, tag_chunks, fillvalue=()):
             self.client.log_batch(run_id, metrics=metric_chunk, tags=tag_chunk)
 
     def set_tags(self, run_id: str, tags: Mapping[str, Any]) -> None:

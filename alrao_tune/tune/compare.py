@@ -7,6 +7,13 @@ its interval chosen by an LR range test (``alrao_auto``), and the practitioner's
 (an LR range test, then one SGD run with the 1cycle policy). Every run uses the same
 epoch budget, early stopping and minimum epochs. The report measures each cheap proxy
 against the truth (``alrao_tune.ranking``, ``alrao_tune.report_compare``).
+
+A comparison runs for hours; ``resume=True`` (``alrao-tune compare SPACE --resume``)
+finishes the newest unfinished one of the space under ``storage`` through
+``Tuner.restore``: trials that ended are kept, the others continue from their last
+checkpoint, the interrupted compare run in MLflow (named in ``compare.json`` in the
+comparison's folder) is reopened, and trial runs the kill left RUNNING are closed or, for a
+trial Tune never saved, deleted (as for ``screen --resume``).
 """
 
 from __future__ import annotations
@@ -25,7 +32,16 @@ from alrao_tune.space import SearchSpace, load_space
 from alrao_tune.tune import stages
 from alrao_tune.tune.preflight import preflight
 from alrao_tune.tune.runner import TuneJob, run_job, trials_frame
-from alrao_tune.tune.screen import Progress, _clean, _ProgressCallback
+from alrao_tune.tune.screen import (
+    Progress,
+    ResumeError,
+    _clean,
+    _ProgressCallback,
+    _reconcile_runs,
+    _trial_runs,
+)
+
+STATE_FILE = "compare.json"  # in the comparison's folder: its MLflow run and status
 
 
 def _trial(space: SearchSpace, arch: dict[str, Any], seed: int, proxy: str, method: str,
@@ -115,8 +131,10 @@ def compare(
     address: str | None = None,
     output: str | Path | None = None,
     progress: Progress | None = print,
+    resume: bool = False,
 ) -> CompareResult:
-    """Runs the comparison and writes its report (see the module docstring)."""
+    """Runs (or, with ``resume``, finishes) the comparison and writes its report (see the
+    module docstring)."""
     import time
 
     from alrao_tune import tracking
@@ -129,29 +147,48 @@ def compare(
     archs = space.architectures_resolved()
     preflight(space, archs)
     configs = compare_trials(space, seed_list)
+    base = Path(storage or "alrao_runs").expanduser().resolve() / stages.safe_name(space.name)
+    root, state = (_resumable(base) if resume
+                   else (base / f"compare-{time.strftime('%Y%m%d-%H%M%S')}", {}))
     uri = tracking_uri or tracking.default_tracking_uri()
     tree = tracking.RunTree(uri, tracking.prepare_store(uri, space.name))
-    root = Path(storage or "alrao_runs").expanduser().resolve() / stages.safe_name(space.name)
-    root = root / f"compare-{time.strftime('%Y%m%d-%H%M%S')}"
     say(f"compare: {len(archs)} architectures x {len(seed_list)} seed(s): {len(configs)} runs")
-    parent = tree.start(f"compare {space.name}", params={"seeds": seed_list,
-                        "n_runs": len(configs), "n_architectures": len(archs)},
-                        tags={"alrao_tune.kind": "compare"})
+    parent = state.get("run_id")
+    if parent is not None:
+        tree.reopen(parent)
+    else:
+        parent = tree.start(f"compare {space.name}", params={
+            "seeds": seed_list, "n_runs": len(configs), "n_architectures": len(archs)},
+            tags={"alrao_tune.kind": "compare"})
+    _write_state(root, {"run_id": parent, "status": "RUNNING"})
     status, t0 = "FAILED", time.perf_counter()
     try:
         from ray import tune
 
+        from alrao_tune.tune.runner import experiment_trials
+
+        done = 0
+        if resume:
+            trials = experiment_trials(root / "compare")
+            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            say(f"  [compare] resuming {root / 'compare'}: {done} of {len(trials)} runs had "
+                "ended; the others continue from their last checkpoint")
         callback = tracking.MLflowTrialCallback(tree, parent, trial_name_fn=_name)
         job = TuneJob(name="compare", param_space={"trial": tune.grid_search(configs)},
                       storage=root, resources=space.resources.model_dump(),
                       metric="best_val_loss", mode="min",
-                      callbacks=[callback, _ProgressCallback(say, "compare", len(configs), _name)])
+                      callbacks=[callback, _ProgressCallback(say, "compare", len(configs),
+                                                             _name, start=done)])
         with ray_session(address):
             try:
-                grid = run_job(job)
+                grid = run_job(job, resume=resume)
             finally:
                 callback.close()
-        trials = trials_frame(grid, callback.run_ids)
+        run_ids = {**_trial_runs(tree, parent), **callback.run_ids} if resume \
+            else callback.run_ids
+        trials = trials_frame(grid, run_ids)
+        if resume:
+            _reconcile_runs(tree, parent, trials, say)
         result = CompareResult(space.name, trials, build_reports(trials, space),
                                {"compare": parent}, time.perf_counter() - t0)
         _log(tree, parent, result)
@@ -161,6 +198,41 @@ def compare(
         return result
     finally:
         tree.end(parent, status)
+        _write_state(root, {"run_id": parent, "status": status})
+
+
+def _resumable(base: Path) -> tuple[Path, dict[str, Any]]:
+    """The newest comparison under ``base`` that did not finish, and its state; reads only.
+
+    Raises:
+        ResumeError: none there (or only finished ones).
+        CheckpointError: a checkpoint that a trial would continue from is unreadable.
+    """
+    from ray import tune
+
+    from alrao_tune.tune.runner import check_resumable
+
+    folders = sorted(base.glob("compare-*"), reverse=True) if base.is_dir() else []
+    for root in folders:
+        if not tune.Tuner.can_restore(str(root / "compare")):
+            continue
+        try:
+            state = json.loads((root / STATE_FILE).read_text())
+        except (OSError, ValueError):
+            state = {}
+        if state.get("status") == "FINISHED":
+            break
+        check_resumable(root / "compare")
+        return root, state
+    raise ResumeError(f"nothing to resume under {base}: no unfinished comparison of this "
+                      "space there; run it without --resume.")
+
+
+def _write_state(root: Path, data: dict[str, Any]) -> None:
+    root.mkdir(parents=True, exist_ok=True)
+    tmp = root / f"{STATE_FILE}.tmp"
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(root / STATE_FILE)
 
 
 def _name(trial: Any) -> str:

@@ -12,7 +12,15 @@ except ``time_total_s``. NaN is stored as NaN, +-inf as MLflow's +-1.797e308; bo
 counted in the tag ``alrao_tune.nonfinite_values``. A result whose step is not past the
 trial's last logged step (a trial restored from a checkpoint re-reporting it) is skipped
 and counted in ``alrao_tune.replayed_results``: every value arrives exactly once, across
-retries and ``Tuner.restore`` too (the last step is kept in ``alrao_tune.last_step``).
+retries and ``Tuner.restore`` too. The last step logged is read back from the run itself:
+the step of its newest ``time_total_s`` value (Tune puts it in every result, and a flush
+writes it after the result's other values), or the tag ``alrao_tune.last_step`` if that
+is higher. MLflow's SQL store commits a batch's metrics and its tags in separate
+transactions, so the tag alone can lag behind values a killed driver had stored.
+Values are buffered (``flush_every``, ``flush_interval_s``), but a trial's buffer is
+written, and waited for, in ``on_checkpoint``, before Tune saves the checkpoint into its
+experiment state: a driver killed with SIGKILL loses no value that a resumed trial will
+not report again.
 
 ``alrao_tune.tracking`` re-exports the class lazily, so importing it needs no Ray.
 """
@@ -54,6 +62,10 @@ from alrao_tune.tracking import (
 )
 
 __all__ = ["MLflowTrialCallback", "STEP_METRICS_KEY", "TUNE_RESULT_KEYS"]
+
+# Logged at every result's step and written after that result's other values: the step of
+# its newest value is the last step whose values are all stored.
+MARKER_KEY = "time_total_s"
 
 log = logging.getLogger(__name__)
 
@@ -137,6 +149,10 @@ class _TrialRun:
     nonfinite: int = 0
     replayed: int = 0
     stopped: bool = False  # Tune set ``done`` on the last result (scheduler or stopper)
+
+
+def _barrier() -> None:
+    """Queued behind every pending write: ``_Writer.call(_barrier)`` waits for them."""
 
 
 def _result_step(result: Mapping[str, Any]) -> int:
@@ -241,6 +257,18 @@ class MLflowTrialCallback(Callback):
                 self._flush(run)
         self._stats["hook_s"] += time.perf_counter() - start
 
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
+                      **info: Any) -> None:
+        """Writes the trial's buffered values and WAITS until they are stored: Tune records
+        the checkpoint in its experiment state right after this, and a driver killed after
+        that save resumes the trial from the checkpoint, never reporting those values again
+        (they would be lost with the buffer)."""
+        start = time.perf_counter()
+        if (run := self._trials.get(trial.trial_id)) is not None:
+            self._flush(run)
+        self._writer.call(_barrier)
+        self._stats["hook_s"] += time.perf_counter() - start
+
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         """Writes buffers older than ``flush_interval_s`` (long epochs stay visible)."""
         now = time.monotonic()
@@ -309,7 +337,10 @@ class MLflowTrialCallback(Callback):
                 if ERROR_TAG in tags:  # a resumed errored trial: the error is history now
                     self.tree.set_tags(run_id, {LAST_ERROR_TAG: tags[ERROR_TAG]})
                     self.tree.client.delete_tag(run_id, ERROR_TAG)
-                return run_id, int(tags[LAST_STEP_TAG]) if LAST_STEP_TAG in tags else None
+                steps = [int(tags[LAST_STEP_TAG])] if LAST_STEP_TAG in tags else []
+                steps += [m.step for m in self.tree.client.get_metric_history(run_id,
+                                                                              MARKER_KEY)]
+                return run_id, max(steps) if steps else None
             except Exception as exc:  # noqa: BLE001 - e.g. the run was deleted
                 log.warning("cannot reopen MLflow run %s (%s); starting a new run", run_id, exc)
         name = self.trial_name_fn(trial) if self.trial_name_fn else str(trial.trial_id)
@@ -361,6 +392,7 @@ class MLflowTrialCallback(Callback):
 
     def _flush(self, run: _TrialRun) -> None:
         entries, run.buffer, run.last_flush = run.buffer, [], time.monotonic()
+        entries.sort(key=lambda e: e[0] == MARKER_KEY)  # stable: markers last, see MARKER_KEY
         if entries and run.last_step is not None:
             run.tags[LAST_STEP_TAG] = str(run.last_step)
         if entries or run.tags:

@@ -8,8 +8,10 @@ columns the reports rank on: ``arch``, ``seed``, ``status``, ``best_val_loss``,
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +19,15 @@ from typing import Any
 import pandas as pd
 
 from alrao_tune.tune.trainable import trial_config
+
+log = logging.getLogger(__name__)
+
+# Retries of a trial whose worker died or that raised, each from its last checkpoint.
+MAX_FAILURES = 1
+# Trial checkpoints kept on disk. Two, not one: with SIGKILL between Tune deleting the
+# older checkpoint and saving the experiment state that names the newer one, the state on
+# disk would name a deleted checkpoint; with two the one it names still exists.
+CHECKPOINTS_KEPT = 2
 
 TRIAL_COLUMNS = (
     "trial_id", "stage", "proxy", "arch", "method", "seed", "status", "best_val_loss",
@@ -40,22 +51,37 @@ class TuneJob:
     search_alg: Any = None
     scheduler: Any = None
     callbacks: Sequence[Any] = field(default_factory=list)
-    max_failures: int = 1
+    max_failures: int = MAX_FAILURES
     max_concurrent: int = 0
+
+    @property
+    def path(self) -> Path:
+        """The Tune experiment folder."""
+        return Path(self.storage) / self.name
 
 
 def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = None) -> Any:
-    """Runs (or, with ``resume``, restores and finishes) the experiment; returns its ResultGrid."""
+    """Runs (or, with ``resume``, restores and finishes) the experiment; returns its ResultGrid.
+
+    On ``resume`` an experiment that Tune can restore continues from its experiment state:
+    finished trials are kept, unfinished and errored ones continue from their last
+    checkpoint, the search algorithm comes back with its saved state (Tune pickles it
+    into the experiment folder; :class:`~alrao_tune.tune.search.PerArchSearch` saves its
+    Optuna studies and samplers), and ``job.callbacks`` replace the ones pickled in
+    ``tuner.pkl`` (they get the saved callback state through ``set_state``). An
+    experiment that never got as far as ``tuner.pkl`` is started afresh.
+    """
     from ray import tune
 
     from alrao_tune.tune.trainable import train_trial
 
     fn = tune.with_resources(trainable or train_trial, _resources(job.resources))
-    path = job.storage / job.name
+    path = job.path
     if resume and tune.Tuner.can_restore(str(path)):
         tuner = tune.Tuner.restore(
             str(path), fn, resume_unfinished=True, resume_errored=True,
             param_space=job.param_space)
+        _replace_callbacks(tuner, job.callbacks)
         return tuner.fit()
     tuner = tune.Tuner(
         fn,
@@ -66,11 +92,104 @@ def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = 
             max_concurrent_trials=job.max_concurrent or None),
         run_config=tune.RunConfig(
             name=job.name, storage_path=str(job.storage), callbacks=list(job.callbacks),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=tune.FailureConfig(max_failures=job.max_failures),
             verbose=0),
     )
     return tuner.fit()
+
+
+def _replace_callbacks(tuner: Any, callbacks: Sequence[Any]) -> None:
+    """Puts this invocation's callbacks into a restored Tuner (Tune's ``Tuner.restore``
+    takes no callbacks and would use the ones pickled by the interrupted process)."""
+    internal = getattr(tuner, "_local_tuner", None)
+    run_config = getattr(internal, "_run_config", None)
+    if run_config is None or not hasattr(run_config, "callbacks"):  # pragma: no cover
+        log.warning("cannot pass callbacks to the restored Tuner (Ray changed its internals); "
+                    "the pickled callbacks of the interrupted run are used")
+        return
+    run_config.callbacks = list(callbacks)
+
+
+def experiment_trials(path: str | Path) -> list[Any]:
+    """The trials of a Tune experiment folder as its newest experiment state saved them
+    (``ray.tune.experiment.Trial`` objects: ``trial_id``, ``status``, ``checkpoint``)."""
+    from ray.tune import ExperimentAnalysis
+
+    with _quiet("ray.tune.analysis.experiment_analysis"):
+        return list(ExperimentAnalysis(str(path)).trials)
+
+
+def load_results(job: TuneJob) -> Any:
+    """The ResultGrid of a finished experiment, read from its folder without running it."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    with _quiet("ray.tune.analysis.experiment_analysis"):
+        return ResultGrid(ExperimentAnalysis(
+            str(job.path), default_metric=job.metric, default_mode=job.mode))
+
+
+def is_finished(path: str | Path) -> bool:
+    """Whether every trial of the experiment at ``path`` ended (TERMINATED or ERROR)."""
+    try:
+        trials = experiment_trials(path)
+    except Exception:  # noqa: BLE001 - no (readable) experiment state: not finished
+        return False
+    return bool(trials) and all(t.status in ("TERMINATED", "ERROR") for t in trials)
+
+
+def check_resumable(path: str | Path, checkpoint_file: str = "trainer.pt") -> int:
+    """Reads the checkpoint every unfinished or errored trial would resume from.
+
+    Returns the number of trials that a restore will continue (0 when there is no
+    experiment state yet). Raises :class:`~alrao_tune.train.CheckpointError` (one line,
+    naming the trial and the file) for a missing or unreadable checkpoint, so that
+    ``--resume`` fails before anything is written.
+    """
+    import torch
+    from ray import tune
+
+    from alrao_tune.train import CheckpointError
+
+    if not tune.Tuner.can_restore(str(path)):
+        return 0
+    try:
+        trials = [t for t in experiment_trials(path) if t.status != "TERMINATED"]
+    except Exception as err:  # noqa: BLE001 - e.g. a state file cut short by the kill
+        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+        raise CheckpointError(
+            f"cannot resume {path}: Tune's experiment state there is unreadable "
+            f"({type(err).__name__}: {first}); start the screening again without "
+            "--resume") from err
+    for trial in trials:
+        checkpoint = getattr(trial, "checkpoint", None)
+        if checkpoint is None:
+            continue  # it starts from scratch
+        file = Path(checkpoint.path) / checkpoint_file
+        try:
+            state = torch.load(file, map_location="cpu", weights_only=True)
+            if not isinstance(state, dict) or not {"model", "optimizer", "loop"} <= set(state):
+                raise ValueError("not a checkpoint written by alrao_tune's Trainer")
+        except Exception as err:  # noqa: BLE001 - any unreadable file is the same error
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
+            raise CheckpointError(
+                f"cannot resume trial {trial.trial_id}: its checkpoint {file} is unreadable "
+                f"({type(err).__name__}: {first}); start the screening again without "
+                "--resume") from err
+    return len(trials)
+
+
+@contextlib.contextmanager
+def _quiet(name: str) -> Iterator[None]:
+    """Raises logger ``name`` to ERROR (ExperimentAnalysis warns that the per-trial
+    result files, which alrao_tune turns off, are missing)."""
+    logger = logging.getLogger(name)
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def _resources(resources: Mapping[str, float]) -> dict[str, float]:
@@ -83,11 +202,11 @@ def _resources(resources: Mapping[str, float]) -> dict[str, float]:
 def trials_frame(grid: Any, run_ids: Mapping[str, str] | None = None) -> pd.DataFrame:
     """One row per trial of a ResultGrid (errored trials included, with their error)."""
     rows = []
-    for result in grid:
+    for result, tune_trial_id in zip(grid, _trial_ids(grid)):
         metrics = dict(result.metrics or {})
         config = trial_config(result.config or {})
         train = dict(config.get("train", {}))
-        trial_id = metrics.get("trial_id") or Path(result.path).name
+        trial_id = metrics.get("trial_id") or tune_trial_id or Path(result.path).name
         row = {
             "trial_id": trial_id,
             "stage": config.get("stage", ""),
@@ -110,6 +229,16 @@ def trials_frame(grid: Any, run_ids: Mapping[str, str] | None = None) -> pd.Data
         rows.append(row)
     frame = pd.DataFrame(rows, columns=list(TRIAL_COLUMNS))
     return frame.sort_values(["arch", "seed", "trial_id"], kind="stable").reset_index(drop=True)
+
+
+def _trial_ids(grid: Any) -> list[str | None]:
+    """Tune's trial id of every result (also of a trial that never reported: then its
+    result has no ``trial_id`` metric). A ResultGrid lists its results in the order of
+    its experiment analysis' trials."""
+    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
+    if trials is None or len(trials) != len(grid):  # pragma: no cover - Ray internals
+        return [None] * len(grid)
+    return [getattr(t, "trial_id", None) for t in trials]
 
 
 def _status(result: Any, metrics: Mapping[str, Any]) -> str:

@@ -2,6 +2,27 @@
 
 Everything is tracked in MLflow as ``pipeline run -> stage run -> one run per trial``,
 logged from the driver; trials, checkpoints and Tune state live under ``storage``.
+
+Resume (``resume=True``, ``alrao-tune screen SPACE --resume``) continues the newest
+screening of the space under ``storage`` (``<storage>/<space>/LATEST`` names its folder,
+whose ``pipeline.json`` holds its MLflow run ids and which stages finished):
+
+* before anything is written, it fails with :class:`ResumeError` when there is nothing to
+  resume (no earlier screening, or the newest one FINISHED) and with
+  ``CheckpointError`` when a checkpoint that a trial would continue from is unreadable;
+* a stage that finished is not run again: its trials are read from its Tune experiment
+  folder (and its recorded timings from ``pipeline.json``);
+* an interrupted stage continues through ``Tuner.restore``: finished trials are kept,
+  unfinished (and errored) trials continue from their last checkpoint, in the SAME MLflow
+  run (found by the tag ``alrao_tune.trial_id``; results the run already holds are
+  skipped), and stage 2's searcher comes back with its Optuna studies and sampler state;
+* the pipeline and stage runs the interruption left RUNNING are reopened and end
+  FINISHED; a trial run still RUNNING whose trial had ended in Tune ends FINISHED (FAILED
+  for an errored trial); a trial run whose trial Tune never saved in its experiment state
+  (started in the last moments before the kill; the searcher hands out the same
+  configuration again under a new trial id) is ended KILLED, tagged
+  ``alrao_tune.orphaned`` and deleted (MLflow's soft delete: ``mlflow gc`` purges it), so
+  the active runs hold exactly one run per trial.
 """
 
 from __future__ import annotations
@@ -18,10 +39,18 @@ import pandas as pd
 
 from alrao_tune import report
 from alrao_tune.space import SearchSpace, load_space
+from alrao_tune.tracking import ERROR_TAG, PARENT_TAG, TRIAL_ID_TAG
 from alrao_tune.tune import stages
 from alrao_tune.tune.preflight import preflight
-from alrao_tune.tune.runner import TuneJob, run_job, trials_frame
+from alrao_tune.tune.runner import (
+    TuneJob,
+    experiment_trials,
+    load_results,
+    run_job,
+    trials_frame,
+)
 from alrao_tune.tune.search import PerArchSearch
+from alrao_tune.tune.trainable import inject_faults
 
 Progress = Callable[[str], None]
 
@@ -92,12 +121,16 @@ def screen(
         space = load_space(space, overrides)
     archs = space.architectures_resolved()
     preflight(space, archs)
+    faults = _faults(archs)
+    base = Path(storage or "alrao_runs").expanduser().resolve() / stages.safe_name(space.name)
+    state = _PipelineState.load(base) if resume else None  # reads only
+    if state is not None:
+        state.check_checkpoints()  # reads only: a bad checkpoint fails before any write
     uri = tracking_uri or tracking.default_tracking_uri()
     experiment_id = tracking.prepare_store(uri, space.name)
-    root = Path(storage or "alrao_runs").expanduser().resolve() / stages.safe_name(space.name)
     tree = tracking.RunTree(uri, experiment_id)
     with ray_session(address):
-        pipe = _Pipeline(space, archs, tree, root, say, resume)
+        pipe = _Pipeline(space, archs, tree, base, say, state, faults)
         result = pipe.run()
     result.tracking_uri = uri
     if output is not None:
@@ -109,9 +142,12 @@ class _Pipeline:
     """One invocation of the screening, with its MLflow runs (closed on any exit)."""
 
     def __init__(self, space: SearchSpace, archs: list[dict[str, Any]], tree: Any,
-                 root: Path, say: Progress, resume: bool) -> None:
-        self.space, self.archs, self.tree, self.say, self.resume = space, archs, tree, say, resume
-        self.state = _PipelineState.open(root, resume)
+                 base: Path, say: Progress, state: _PipelineState | None = None,
+                 faults: dict[str, str] | None = None) -> None:
+        self.space, self.archs, self.tree, self.say = space, archs, tree, say
+        self.resume = state is not None
+        self.state = state if state is not None else _PipelineState.create(base)
+        self.faults = faults or {}
         self.run_ids: dict[str, str] = {}
         self.open_runs: list[str] = []
         self.timings: dict[str, float] = {}
@@ -145,11 +181,18 @@ class _Pipeline:
             self.state.finish(status)
 
     def _run(self, key: str, name: str, parent: str | None, params: dict | None = None) -> str:
+        """The run ``key`` of this screening: created, or on resume reopened (a finished
+        stage's run is left as it is)."""
         run_id = self.state.run_ids.get(key) if self.resume else None
         if run_id is None:
             run_id = self.tree.start(name, parent_run_id=parent, params=params,
                                      tags={"alrao_tune.kind": key.split(":")[0]})
             self.state.record(key, run_id)
+        elif self.state.is_done(key):
+            if self.tree.client.get_run(run_id).info.status == "RUNNING":
+                self.tree.end(run_id, "FINISHED")  # killed after the stage was recorded
+            self.run_ids[key] = run_id
+            return run_id
         else:
             self.tree.reopen(run_id)
         self.run_ids[key] = run_id
@@ -157,8 +200,9 @@ class _Pipeline:
         return run_id
 
     def _end(self, run_id: str) -> None:
-        self.tree.end(run_id, "FINISHED")
-        self.open_runs.remove(run_id)
+        if run_id in self.open_runs:
+            self.tree.end(run_id, "FINISHED")
+            self.open_runs.remove(run_id)
 
     def _stage1(self, pipeline_run: str) -> pd.DataFrame:
         space = self.space
@@ -166,12 +210,16 @@ class _Pipeline:
         self.say(f"stage 1: {len(self.archs)} architectures x {len(space.stage1.seeds)} seed(s)"
                  f" = {n} Alrao trials")
         run = self._run("stage1", "stage1 (alrao)", pipeline_run)
+        param_space = stages.stage1_param_space(space)
+        if self.faults:  # test-only, see trainable.FAULT_KEY
+            grid = param_space["trial"]["grid_search"]
+            param_space["trial"]["grid_search"] = inject_faults(grid, self.faults)
         job = TuneJob(
-            name="stage1", param_space=stages.stage1_param_space(space),
+            name="stage1", param_space=param_space,
             storage=self.state.root, resources=space.resources.model_dump(),
             metric=f"best_{space.stage1.metric}", mode=space.stage1_mode,
             scheduler=stages.stage1_scheduler(space))
-        frame = self._run_job(job, run, "stage1")
+        frame = self._stage_frame(job, run, "stage1")
         self._end(run)
         return frame
 
@@ -193,10 +241,24 @@ class _Pipeline:
             name="stage2", param_space={}, storage=self.state.root,
             resources=space.resources.model_dump(), metric=metric, mode=mode,
             num_samples=s2.trials_per_arch * len(chosen), search_alg=searcher)
-        frame = self._run_job(job, run, "stage2")
+        frame = self._stage_frame(job, run, "stage2")
         frame["seeded"] = [first.get(a) is not None and math.isclose(v, first[a], rel_tol=1e-9)
                            for a, v in zip(frame["arch"], frame["lr"])]
         self._end(run)
+        return frame
+
+    def _stage_frame(self, job: TuneJob, stage_run: str, label: str) -> pd.DataFrame:
+        """The stage's trials: read back if it finished before (resume), else run."""
+        if self.resume and self.state.is_done(label):
+            frame = trials_frame(load_results(job), _trial_runs(self.tree, stage_run))
+            _reconcile_runs(self.tree, stage_run, frame)
+            self.timings.update(self.state.timings(label))
+            self.say(f"  [{label}] finished before the interruption: {len(frame)} trials read "
+                     f"from {job.path}")
+            return frame
+        frame = self._run_job(job, stage_run, label)
+        self.state.mark_done(label, {k: v for k, v in self.timings.items()
+                                     if k.startswith(f"{label}_")})
         return frame
 
     def _run_job(self, job: TuneJob, stage_run: str, label: str) -> pd.DataFrame:
@@ -204,15 +266,25 @@ class _Pipeline:
 
         callback = MLflowTrialCallback(self.tree, stage_run, trial_name_fn=_trial_name)
         total = job.num_samples if job.search_alg is not None else None
-        job.callbacks = [callback, _ProgressCallback(self.say, label, total)]
+        done = 0
+        if self.resume and (job.path / "tuner.pkl").exists():
+            trials = experiment_trials(job.path)
+            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+            self.say(f"  [{label}] resuming {job.path}: {done} of {len(trials)} trials had "
+                     "ended; the others continue from their last checkpoint")
+        job.callbacks = [callback, _ProgressCallback(self.say, label, total, start=done)]
         t0 = time.perf_counter()
         try:
             grid = run_job(job, resume=self.resume)
         finally:
             callback.close()
         wall = time.perf_counter() - t0
-        frame = trials_frame(grid, callback.run_ids)
-        self.timings[f"{label}_wall_s"] = wall
+        run_ids = {**_trial_runs(self.tree, stage_run), **callback.run_ids} if self.resume \
+            else callback.run_ids
+        frame = trials_frame(grid, run_ids)
+        if self.resume:
+            _reconcile_runs(self.tree, stage_run, frame, self.say)
+        self.timings[f"{label}_wall_s"] = wall  # resumed: this invocation's part only
         self.timings[f"{label}_trial_s"] = float(frame["time_total_s"].fillna(0).sum())
         stats = callback.stats
         self.timings[f"{label}_mlflow_values"] = float(stats["values"])
@@ -221,6 +293,61 @@ class _Pipeline:
         self.tree.log_text(stage_run, frame.to_csv(index=False),
                            f"trials-{stages.safe_name(label)}.csv")
         return frame
+
+
+ORPHAN_TAG = "alrao_tune.orphaned"
+
+
+def _stage_children(tree: Any, stage_run: str) -> list[Any]:
+    """The active trial runs under ``stage_run``, newest first (all pages)."""
+    runs, token = [], None
+    while True:
+        page = tree.client.search_runs(
+            [tree.experiment_id], f"tags.`{PARENT_TAG}` = '{stage_run}'", max_results=1000,
+            order_by=["attributes.start_time DESC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def _trial_runs(tree: Any, stage_run: str) -> dict[str, str]:
+    """Trial id -> its MLflow run under ``stage_run`` (the newest one, by the trial tag)."""
+    out: dict[str, str] = {}
+    for run in _stage_children(tree, stage_run):
+        trial_id = run.data.tags.get(TRIAL_ID_TAG)
+        if trial_id:
+            out.setdefault(trial_id, run.info.run_id)
+    return out
+
+
+def _reconcile_runs(tree: Any, stage_run: str, frame: pd.DataFrame,
+                    say: Progress | None = None) -> dict[str, int]:
+    """After a resumed stage: one active, ended MLflow run per trial (see the module
+    docstring); returns how many runs it ``closed`` and how many ``orphans`` it deleted."""
+    keep = {t: r for t, r in zip(frame["trial_id"], frame["run_id"]) if isinstance(r, str)}
+    status = dict(zip(frame["trial_id"], frame["status"]))
+    errors = dict(zip(frame["trial_id"], frame["error"]))
+    closed = orphans = 0
+    for run in _stage_children(tree, stage_run):
+        run_id, trial_id = run.info.run_id, run.data.tags.get(TRIAL_ID_TAG)
+        if trial_id is not None and keep.get(trial_id) == run_id:
+            if run.info.status == "RUNNING":  # its trial ended before the interruption
+                if status.get(trial_id) == "error":
+                    tree.set_tags(run_id, {ERROR_TAG: errors.get(trial_id) or "error"})
+                tree.end(run_id, "FAILED" if status.get(trial_id) == "error" else "FINISHED")
+                closed += 1
+            continue
+        if run.info.status == "RUNNING":
+            tree.end(run_id, "KILLED")
+        tree.set_tags(run_id, {ORPHAN_TAG: "trial unknown to the resumed Tune experiment "
+                               "(its configuration ran again as another trial)"})
+        tree.client.delete_run(run_id)
+        orphans += 1
+    if say is not None and (closed or orphans):
+        say(f"  resume: closed {closed} trial run(s) left RUNNING, deleted {orphans} orphaned "
+            "trial run(s)")
+    return {"closed": closed, "orphans": orphans}
 
 
 def _trial_name(trial: Any) -> str:
@@ -237,13 +364,13 @@ class _ProgressCallback:
     """Prints one line per finished trial (a Tune callback, duck-typed below)."""
 
     def __new__(cls, say: Progress, label: str, total: int | None = None,
-                name_fn: Callable[[Any], str] | None = None) -> Any:
+                name_fn: Callable[[Any], str] | None = None, start: int = 0) -> Any:
         name = name_fn or _trial_name
         from ray import tune
 
         class Printer(tune.Callback):
             def __init__(self) -> None:
-                self.done = 0
+                self.done = start
 
             def on_trial_complete(self, iteration: int, trials: list, trial: Any, **kw: Any):
                 self.done += 1
@@ -333,7 +460,8 @@ class ResumeError(RuntimeError):
 
 
 class _PipelineState:
-    """``<root>/pipeline.json``: the MLflow run ids of an invocation, for ``--resume``."""
+    """``<root>/pipeline.json``: the MLflow run ids of an invocation, which stages
+    finished (with their timings) and its status, for ``--resume``."""
 
     def __init__(self, root: Path, data: dict[str, Any]) -> None:
         self.root, self.data = root, data
@@ -343,27 +471,59 @@ class _PipelineState:
         return self.data.setdefault("run_ids", {})
 
     @classmethod
-    def open(cls, base: Path, resume: bool) -> _PipelineState:
-        """The newest invocation's state under ``base`` (resume) or a fresh one."""
+    def load(cls, base: Path) -> _PipelineState:
+        """The newest screening under ``base``, to resume; reads only.
+
+        Raises:
+            ResumeError: nothing there, unreadable, or it FINISHED.
+        """
         latest = base / "LATEST"
-        if resume:
-            if not latest.exists():
-                raise ResumeError(f"nothing to resume under {base}: no earlier screening of "
-                                  "this space there; run it without --resume.")
-            root = base / latest.read_text().strip()
-            try:
-                return cls(root, json.loads((root / "pipeline.json").read_text()))
-            except (OSError, ValueError) as err:
-                raise ResumeError(f"cannot resume from {root}: {err}") from err
+        if not latest.exists():
+            raise ResumeError(f"nothing to resume under {base}: no earlier screening of "
+                              "this space there; run it without --resume.")
+        root = base / latest.read_text().strip()
+        try:
+            state = cls(root, json.loads((root / "pipeline.json").read_text()))
+        except (OSError, ValueError) as err:
+            raise ResumeError(f"cannot resume from {root}: {err}") from err
+        if state.data.get("status") == "FINISHED":
+            raise ResumeError(f"nothing to resume under {base}: the newest screening "
+                              f"({root.name}) finished; run without --resume to start a new "
+                              "one.")
+        return state
+
+    @classmethod
+    def create(cls, base: Path) -> _PipelineState:
+        """A fresh invocation's folder ``<base>/<timestamp>``, named in ``<base>/LATEST``."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         root, n = base / stamp, 1
         while root.exists():
             root, n = base / f"{stamp}-{n}", n + 1
         root.mkdir(parents=True)
-        latest.write_text(root.name)
-        state = cls(root, {"status": "RUNNING", "run_ids": {}})
+        (base / "LATEST").write_text(root.name)
+        state = cls(root, {"status": "RUNNING", "run_ids": {}, "done": {}})
         state._write()
         return state
+
+    def check_checkpoints(self) -> None:
+        """Raises CheckpointError when a checkpoint a trial would resume from is unreadable
+        (every stage that did not finish); reads only."""
+        from alrao_tune.tune.runner import check_resumable
+
+        for stage in ("stage1", "stage2"):
+            if not self.is_done(stage) and (self.root / stage).is_dir():
+                check_resumable(self.root / stage)
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self.data.get("done", {})
+
+    def timings(self, stage: str) -> dict[str, float]:
+        saved = self.data.get("done", {}).get(stage, {})
+        return {k: float(v) for k, v in saved.items() if isinstance(v, (int, float))}
+
+    def mark_done(self, stage: str, timings: dict[str, float]) -> None:
+        self.data.setdefault("done", {})[stage] = {k: _clean(v) for k, v in timings.items()}
+        self._write()
 
     def record(self, key: str, run_id: str) -> None:
         self.run_ids[key] = run_id
@@ -377,3 +537,17 @@ class _PipelineState:
         tmp = self.root / "pipeline.json.tmp"
         tmp.write_text(json.dumps(self.data, indent=2))
         tmp.replace(self.root / "pipeline.json")
+
+
+def _faults(archs: list[dict[str, Any]]) -> dict[str, str]:
+    """TEST-ONLY fault injection from the environment (see ``trainable.faults_from_env``),
+    checked against the architectures before anything is written."""
+    from alrao_tune.config import ConfigError
+    from alrao_tune.tune.trainable import faults_from_env
+
+    try:
+        faults = faults_from_env()
+        inject_faults([{"arch_name": a["name"]} for a in archs], faults)
+    except ValueError as err:
+        raise ConfigError(f"fault injection: {err}") from err
+    return faults

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -76,3 +78,65 @@ def test_every_run_is_in_mlflow_under_the_compare_run(compared):
     assert {r.info.status for r in runs} == {"FINISHED"}
     parent_run = next(r for r in runs if r.info.run_id == parent)
     assert "tau_avg/alrao" in parent_run.data.metrics
+
+
+def test_resume_of_a_finished_comparison_exits_2_and_writes_nothing(compared, tmp_path,
+                                                                     capsys):
+    uri, out, _ = compared
+    storage = out.parent / "runs"
+    before = runs_of(uri)[1]
+    code = main(["compare", str(out.parent / "space.yaml"), "--tracking-uri", uri,
+                 "--storage", str(storage), "--resume"])
+    assert code == 2
+    assert "nothing to resume" in capsys.readouterr().err
+    assert len(runs_of(uri)[1]) == len(before)
+
+
+def test_killed_comparison_resumes_without_rerunning_finished_runs(ray_local, tmp_path):
+    """SIGKILL to ``alrao-tune compare`` once some runs ended; ``--resume`` finishes it:
+    the runs that had ended are not run again, and MLflow holds one ended run per trial
+    under the same compare run."""
+    from tests.tune.reliability_helpers import Screening, mlflow_runs, newest_state_text
+
+    # runs of a few seconds each, so that the kill lands while some are still running
+    space = {**SPACE, "name": "killcmp", "training": {**TINY["training"], "epochs": 10},
+             "dataset": {"name": "blobs", "options": {"n_train": 3000, "n_features": 6,
+                                                      "n_classes": 3}}}
+    (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
+    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "runs"
+    args = [str(tmp_path / "space.yaml"), "--tracking-uri", uri, "--storage", str(storage),
+            "--output", str(tmp_path / "out")]
+
+    def experiment():
+        found = sorted(storage.glob("killcmp/compare-*/compare"))
+        return found[-1] if found else None
+
+    # Tune saves its experiment state every second here (default: adaptive, which a run
+    # this short can finish before), so the kill lands with some runs recorded as ended
+    first = Screening(args, tmp_path / "first.log", command="compare",
+                      env={"TUNE_GLOBAL_CHECKPOINT_S": "1"})
+    first.wait_until(lambda: newest_state_text(experiment()).count("TERMINATED") >= 3,
+                     what="3 finished compare runs")
+    first.kill()
+    from alrao_tune.tune.runner import experiment_trials
+
+    ended = {t.trial_id: t.checkpoint.path for t in experiment_trials(experiment())
+             if t.status == "TERMINATED"}
+    stamps = {i: (Path(c) / "trainer.pt").stat().st_mtime_ns for i, c in ended.items()}
+    assert 3 <= len(ended) < 12
+
+    second = Screening([*args, "--resume"], tmp_path / "second.log", command="compare")
+    assert second.wait() == 0, second.output[-3000:]
+    assert "runs had ended" in second.output
+    trials = pd.read_csv(tmp_path / "out" / "trials.csv")
+    assert len(trials) == 12 and set(ended) <= set(trials["trial_id"])
+    for trial_id, checkpoint in ended.items():  # not run again
+        assert (Path(checkpoint) / "trainer.pt").stat().st_mtime_ns == stamps[trial_id]
+    _, runs = mlflow_runs(uri, "killcmp")
+    parents = [r for r in runs if r.data.tags.get("alrao_tune.kind") == "compare"]
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")
+                == parents[0].info.run_id]
+    assert sorted(r.data.tags["alrao_tune.trial_id"] for r in children) == \
+        sorted(trials["trial_id"])
+    assert {r.info.status for r in children} <= {"FINISHED"}

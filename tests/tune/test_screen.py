@@ -115,6 +115,12 @@ BAD_SPACES = [
     ({**TINY, "dataset": {"name": "cifar10", "options": {"path": "/nonexistent/cifar"}}},
      "/nonexistent/cifar"),
     ({**TINY, "architectures": [{"family": "transformr"}]}, "transformr"),
+    ({**TINY, "stage1": {"topk": 2}}, "did you mean 'top_k'"),
+    ({**TINY, "training": {"epochs": "many"}}, "training.epochs = 'many'"),
+    ({**TINY, "alrao": {"lr_min": 0.0, "lr_max": 1.0}}, "alrao.lr_min = 0.0"),
+    ({**TINY, "stage1": {"top_k": 0}}, "stage1.top_k = 0"),
+    ({**TINY, "architectures": [{"builder": "no_such_module:build"}], "stage1": {"top_k": 1}},
+     "no_such_module"),
 ]
 
 

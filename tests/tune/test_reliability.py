@@ -1,0 +1,452 @@
+"""Reliability of `alrao-tune screen`: SIGKILL and --resume, crashed, raising and diverging
+trials, exact checkpoints through Tune, exactly-once metrics, bad resume input.
+
+The killed screenings run in subprocesses with their own local Ray (see
+``reliability_helpers``); the uninterrupted reference and the fault-injection screening
+run in this process on the session's ``ray_local``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import pytest
+import yaml
+
+from alrao_tune.cli import main
+from tests.tune.reliability_helpers import (
+    Screening,
+    checkpoints,
+    history,
+    mlflow_runs,
+    newest_state_text,
+    snapshot,
+    stage_dir,
+    tree_of,
+)
+
+pytestmark = pytest.mark.slow
+
+EPOCHS = 5
+KILL = {
+    "name": "killme",
+    "dataset": {"name": "blobs", "options": {"n_train": 300, "n_features": 6, "n_classes": 3}},
+    "architectures": [
+        {"name": "mlp-4", "family": "mlp", "widths": [4]},
+        {"name": "mlp-16", "family": "mlp", "widths": [16]},
+    ],
+    "training": {"epochs": EPOCHS, "batch_size": 32, "patience": None},
+    "alrao": {"lr_min": 1e-3, "lr_max": 1.0, "n_heads": 3},
+    "stage1": {"seeds": [0, 1], "top_k": 2},
+    # 3 trials per architecture: fewer than TPE's 10 random start-up trials, so the
+    # suggestions do not depend on the order in which concurrent results arrive, and the
+    # third comes from the sampler state saved before the kill.
+    "stage2": {"lr": {"low": 1e-3, "high": 1.0}, "trials_per_arch": 3},
+    "resources": {"cpu": 1},  # 2 trials at once on the 2 CPUs
+}
+
+
+def write_space(folder: Path, space: dict) -> Path:
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def _trial_index(checkpoint: Path) -> int:
+    """The trial counter in a Tune trial folder name ``train_trial_<id>_<n>_...``."""
+    return int(checkpoint.parts[-3].split("_")[3])
+
+
+def _trials_at(folder: Path) -> dict[str, dict]:
+    from alrao_tune.tune.runner import experiment_trials
+
+    return {t.trial_id: {"status": t.status, "checkpoint": t.checkpoint.path
+                         if t.checkpoint is not None else None,
+                         "last_result": dict(t.last_result or {})}
+            for t in experiment_trials(folder)}
+
+
+def _trial_run_ids(uri: str) -> dict[str, str]:
+    _, runs = mlflow_runs(uri, "killme")
+    return {r.data.tags["alrao_tune.trial_id"]: r.info.run_id for r in runs
+            if "alrao_tune.trial_id" in r.data.tags}
+
+
+@pytest.fixture(scope="module")
+def killed(ray_local, tmp_path_factory):
+    """Reference run; then a run killed in stage 1, resumed and killed in stage 2, resumed
+    to the end. Returns what the tests check."""
+    tmp = tmp_path_factory.mktemp("kill")
+    space = write_space(tmp, KILL)
+    ref_uri, uri = f"sqlite:///{tmp}/ref.db", f"sqlite:///{tmp}/mlflow.db"
+    storage = tmp / "runs"
+    assert main(["screen", str(space), "--tracking-uri", ref_uri, "--storage",
+                 str(tmp / "ref-runs"), "--output", str(tmp / "ref-out")]) == 0
+    args = [str(space), "--tracking-uri", uri, "--storage", str(storage),
+            "--output", str(tmp / "out")]
+    ev: dict = {"tmp": tmp, "uri": uri, "ref_uri": ref_uri, "storage": storage,
+                "space": space}
+
+    # 1. SIGKILL in stage 1, once one of its 4 trials has ended (2 run at a time)
+    first = Screening(args, tmp / "first.log")
+    s1 = lambda: stage_dir(storage, "killme", "stage1")  # noqa: E731
+    first.wait_until(lambda: "TERMINATED" in newest_state_text(s1()),
+                     what="a finished stage-1 trial")
+    ev["kill1"] = first.kill()
+    ev["stage1_at_kill"] = _trials_at(s1())
+    ev["runs_at_kill1"] = _trial_run_ids(uri)
+    ev["finished_files"] = {  # the final checkpoints of the trials that had ended
+        p: p.stat().st_mtime_ns for t in ev["stage1_at_kill"].values()
+        if t["status"] == "TERMINATED" for p in Path(t["checkpoint"]).glob("trainer.pt")}
+
+    # 2. --resume, SIGKILL in stage 2 once its third trial has 2 checkpoints
+    second = Screening([*args, "--resume"], tmp / "second.log")
+    s2 = lambda: stage_dir(storage, "killme", "stage2")  # noqa: E731
+    second.wait_until(
+        lambda: sum(_trial_index(p) >= 3 for p in checkpoints(s2())) >= 2,
+        what="2 checkpoints of the third stage-2 trial")
+    ev["kill2"] = second.kill()
+    ev["second_log"] = second.output
+    ev["stage2_at_kill"] = _trials_at(s2())
+    ev["runs_at_kill2"] = _trial_run_ids(uri)
+    shutil.copytree(storage, tmp / "copy" / "runs")  # for the corrupted-checkpoint test
+    shutil.copyfile(tmp / "mlflow.db", tmp / "copy" / "mlflow.db")
+
+    # 3. --resume to the end
+    third = Screening([*args, "--resume"], tmp / "third.log")
+    ev["code"] = third.wait()
+    ev["third_log"] = third.output
+    assert ev["code"] == 0, third.output[-3000:]
+    ev["results"] = json.loads((tmp / "out" / "results.json").read_text())
+    ev["reference"] = json.loads((tmp / "ref-out" / "results.json").read_text())
+    ev["stage1_final"] = _trials_at(s1())
+    ev["stage2_final"] = _trials_at(s2())
+    return ev
+
+
+def _close(a, b) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return (math.isnan(a) and math.isnan(b)) or abs(a - b) <= 1e-9
+    return a == b
+
+
+def test_kill_landed_mid_stage(killed):
+    at1 = killed["stage1_at_kill"]
+    assert any(t["status"] == "TERMINATED" for t in at1.values())
+    assert any(t["status"] != "TERMINATED" for t in at1.values())
+    at2 = killed["stage2_at_kill"]
+    assert len(at2) >= 3 and any(t["status"] != "TERMINATED" for t in at2.values())
+    # the kill took the subprocess' Ray down with it: nothing was left to clean up
+    assert killed["kill1"]["stray"] == 0 and killed["kill2"]["stray"] == 0
+    print("at kill 1:", sorted(t["status"] for t in at1.values()), killed["kill1"],
+          "at kill 2:", sorted(t["status"] for t in at2.values()), killed["kill2"])
+
+
+def test_resumed_leaderboard_equals_uninterrupted_run(killed):
+    got, ref = killed["results"], killed["reference"]
+    skip = {"trial_seconds"}
+    for table in ("leaderboard", "stage1", "stage2"):
+        assert len(got[table]) == len(ref[table])
+        for g, r in zip(got[table], ref[table]):
+            for key in r:
+                if key not in skip and not key.startswith("time"):
+                    assert _close(g[key], r[key]), (table, key, g[key], r[key])
+    # stage 2 drew the same learning rates per architecture: the searcher and its Optuna
+    # samplers came back with the state saved before the kill
+    def lrs(res):
+        out: dict = {}
+        for t in res["stage2_trials"]:
+            out.setdefault(t["arch"], []).append(t["lr"])
+        return {a: sorted(v) for a, v in out.items()}
+
+    assert lrs(got).keys() == lrs(ref).keys()
+    for arch, values in lrs(ref).items():
+        assert lrs(got)[arch] == pytest.approx(values, rel=1e-12)
+    for values in lrs(got).values():
+        assert len({round(v, 12) for v in values}) == 3  # no draw repeated after the restore
+
+
+def test_finished_trials_are_not_rerun_and_unfinished_continue(killed):
+    at_kill, final = killed["stage1_at_kill"], killed["stage1_final"]
+    assert set(final) == set(at_kill)  # the same Tune trials, no new ones
+    for trial_id, before in at_kill.items():
+        after = final[trial_id]["last_result"]
+        assert final[trial_id]["status"] == "TERMINATED" and after["epoch"] == EPOCHS
+        if before["status"] == "TERMINATED":
+            assert after["date"] == before["last_result"]["date"]  # not run again
+        elif before["checkpoint"] is not None:
+            # continued from its checkpoint (checkpoint_<k>: k + 1 epochs done): only the
+            # remaining epochs ran after the restore (a trial killed after its last epoch
+            # but before Tune saved it as ended reports its final result once more)
+            done = int(Path(before["checkpoint"]).name.split("_")[1]) + 1
+            assert after["iterations_since_restore"] == (EPOCHS - done if done < EPOCHS else 1)
+    assert killed["finished_files"]
+    for path, mtime in killed["finished_files"].items():
+        assert path.stat().st_mtime_ns == mtime  # not rewritten
+    # the third invocation did not run stage 1 again
+    assert "[stage1] finished before the interruption" in killed["third_log"]
+    assert "[stage2] resuming" in killed["third_log"]
+
+
+def test_mlflow_has_one_finished_run_per_trial_after_resume(killed):
+    client, runs = mlflow_runs(killed["uri"], "killme")
+    tree = tree_of(runs)
+    assert {r.info.status for r in runs} == {"FINISHED"}  # nothing RUNNING or KILLED
+    assert sorted(tree["stages"]) == ["stage1 (alrao)", "stage2 (optuna)"]
+    s1, s2 = tree["trials"]["stage1 (alrao)"], tree["trials"]["stage2 (optuna)"]
+    assert len(s1) == 4 and len(s2) == 6
+    tags = [r.data.tags["alrao_tune.trial_id"] for r in s1 + s2]
+    assert len(set(tags)) == len(tags)
+    assert len({r.info.run_name for r in s1}) == 4 and len({r.info.run_name for r in s2}) == 6
+    # the pipeline and stage runs are the ones the first invocation created (reopened)
+    assert killed["results"]["run_ids"]["pipeline"] == tree["pipeline"].info.run_id
+    # trials resumed in the run they had before the kill
+    final = _trial_run_ids(killed["uri"])
+    for trial_id, run_id in killed["runs_at_kill1"].items():
+        assert final[trial_id] == run_id
+    # any deleted run is an orphan: a trial Tune had not saved before the kill
+    _, every = mlflow_runs(killed["uri"], "killme", all_runs=True)
+    deleted = [r for r in every if r.info.lifecycle_stage == "deleted"]
+    assert all("alrao_tune.orphaned" in r.data.tags for r in deleted)
+    assert len(every) == len(runs) + len(deleted)
+
+
+def test_every_metric_value_arrived_exactly_once(killed):
+    client, runs = mlflow_runs(killed["uri"], "killme")
+    ref_client, ref_runs = mlflow_runs(killed["ref_uri"], "killme")
+    ref_by_name = {r.info.run_name: r for r in ref_runs}
+    trials = [r for r in runs if "alrao_tune.trial_id" in r.data.tags]
+    for run in trials:
+        ref = ref_by_name[run.info.run_name]
+        for key in ("val_loss", "train_loss", "posterior/head_00"):
+            got = history(client, run.info.run_id, key) if key in run.data.metrics else []
+            want = history(ref_client, ref.info.run_id, key) if key in ref.data.metrics else []
+            assert [s for s, _ in got] == [s for s, _ in want], (run.info.run_name, key)
+            assert [v for _, v in got] == pytest.approx([v for _, v in want], abs=1e-9)
+        assert [s for s, _ in history(client, run.info.run_id, "val_loss")] == \
+            list(range(1, EPOCHS + 1))
+
+
+def test_resume_with_a_corrupted_checkpoint_exits_2_and_writes_nothing(killed, capsys):
+    from alrao_tune.tune.runner import experiment_trials
+
+    copy = killed["tmp"] / "copy"
+    folder = stage_dir(copy / "runs", "killme", "stage2")
+    victim = next(Path(t.checkpoint.path) / "trainer.pt" for t in experiment_trials(folder)
+                  if t.status != "TERMINATED" and t.checkpoint is not None)
+    victim.write_bytes(b"not a checkpoint at all")
+    files, db = snapshot(copy), (copy / "mlflow.db").read_bytes()
+    code = main(["screen", str(killed["space"]), "--resume", "--tracking-uri",
+                 f"sqlite:///{copy}/mlflow.db", "--storage", str(copy / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.startswith("alrao-tune: error: cannot resume trial") and str(victim) in err
+    assert err.count("\n") == 1
+    assert snapshot(copy) == files and (copy / "mlflow.db").read_bytes() == db
+
+
+def test_resume_of_a_finished_screening_exits_2_and_writes_nothing(killed, capsys):
+    tmp = killed["tmp"]
+    files, db = snapshot(killed["storage"]), (tmp / "mlflow.db").read_bytes()
+    code = main(["screen", str(killed["space"]), "--resume", "--tracking-uri", killed["uri"],
+                 "--storage", str(killed["storage"])])
+    err = capsys.readouterr().err
+    assert code == 2 and "finished" in err and err.count("\n") == 1
+    assert snapshot(killed["storage"]) == files and (tmp / "mlflow.db").read_bytes() == db
+
+
+def test_resume_with_nothing_to_resume_exits_2_and_writes_nothing(tmp_path, capsys):
+    space = write_space(tmp_path, KILL)
+    code = main(["screen", str(space), "--resume", "--tracking-uri",
+                 f"sqlite:///{tmp_path}/mlflow.db", "--storage", str(tmp_path / "runs")])
+    err = capsys.readouterr().err
+    assert code == 2 and "nothing to resume" in err and err.count("\n") == 1
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
+# --------------------------------------------------------------- faults in one screening
+FAULTY = {
+    "name": "faulty",
+    "dataset": {"name": "blobs", "options": {"n_train": 300, "n_features": 6, "n_classes": 3}},
+    "architectures": [
+        {"name": "twin-a", "family": "mlp", "widths": [8]},
+        {"name": "twin-b", "family": "mlp", "widths": [8]},  # the same model: crashes once
+        {"name": "raiser", "family": "mlp", "widths": [4]},
+        {"name": "nan", "family": "mlp", "widths": [4]},
+    ],
+    "training": {"epochs": 4, "batch_size": 32, "patience": None, "posterior_every": 1},
+    "alrao": {"lr_min": 1e-3, "lr_max": 1.0, "n_heads": 3},
+    "stage1": {"seeds": [0], "top_k": 2},
+    "stage2": {"enabled": False},
+    "resources": {"cpu": 1},
+}
+STEPS_PER_EPOCH = 10  # ceil(300 / 32)
+
+
+@pytest.fixture(scope="module")
+def faulty(ray_local, tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("faulty")
+    marker = tmp / "crashed"
+    mp = pytest.MonkeyPatch()
+    mp.setenv("ALRAO_TUNE_FAULTS", json.dumps(
+        {"twin-b": f"crash_once:{marker}", "raiser": "raise", "nan": "nan"}))
+    try:
+        uri = f"sqlite:///{tmp}/mlflow.db"
+        code = main(["screen", str(write_space(tmp, FAULTY)), "--tracking-uri", uri,
+                     "--storage", str(tmp / "runs"), "--output", str(tmp / "out")])
+    finally:
+        mp.undo()
+    assert code == 0
+    results = json.loads((tmp / "out" / "results.json").read_text())
+    return {"tmp": tmp, "uri": uri, "marker": marker, "results": results}
+
+
+def _by_arch(rows):
+    return {r["arch"]: r for r in rows}
+
+
+def test_crashed_worker_is_retried_in_the_same_run(faulty):
+    assert faulty["marker"].exists()  # the worker did die once
+    trials = _by_arch(faulty["results"]["stage1_trials"])
+    assert trials["twin-b"]["status"] == "completed" and trials["twin-b"]["epochs"] == 4
+    client, runs = mlflow_runs(faulty["uri"], "faulty")
+    twin_b = [r for r in runs if r.info.run_name == "twin-b seed=0"]
+    assert len(twin_b) == 1  # continued, not duplicated
+    run = twin_b[0]
+    assert run.info.status == "FINISHED" and run.data.tags["alrao_tune.failures"] == "1"
+    twin_a = next(r for r in runs if r.info.run_name == "twin-a seed=0")
+    for key in ("val_loss", "posterior/head_01"):
+        assert history(client, run.info.run_id, key) == \
+            history(client, twin_a.info.run_id, key)
+
+
+def test_raising_trial_fails_in_mlflow_and_ranks_last(faulty):
+    results = faulty["results"]
+    trials, stage1 = _by_arch(results["stage1_trials"]), _by_arch(results["stage1"])
+    assert trials["raiser"]["status"] == "error"
+    assert "injected fault" in trials["raiser"]["error"]
+    assert stage1["raiser"]["failed_runs"] == 1 and stage1["raiser"]["alrao_rank"] >= 3
+    client, runs = mlflow_runs(faulty["uri"], "faulty")
+    run = next(r for r in runs if r.info.run_name == "raiser seed=0")
+    assert run.info.status == "FAILED"
+    assert "injected fault" in run.data.tags["alrao_tune.error"]
+    assert [s for s, _ in history(client, run.info.run_id, "val_loss")] == [1]
+    pipeline = tree_of(runs)["pipeline"]
+    assert pipeline.info.status == "FINISHED"  # the pipeline went on
+
+
+def test_diverging_trial_is_a_result_ranked_last(faulty):
+    trials = _by_arch(faulty["results"]["stage1_trials"])
+    stage1 = _by_arch(faulty["results"]["stage1"])
+    assert trials["nan"]["status"] == "diverged" and trials["nan"]["error"] in ("", None)
+    assert stage1["nan"]["failed_runs"] == 1 and stage1["nan"]["alrao_rank"] >= 3
+    assert {stage1["twin-a"]["alrao_rank"], stage1["twin-b"]["alrao_rank"]} == {1, 2}
+    _, runs = mlflow_runs(faulty["uri"], "faulty")
+    run = next(r for r in runs if r.info.run_name == "nan seed=0")
+    assert run.info.status == "FINISHED" and run.data.tags["status"] == "diverged"
+
+
+def test_retried_trial_ends_with_the_exact_state_of_an_uninterrupted_one(faulty):
+    import torch
+
+    from alrao_tune.tune.runner import experiment_trials
+    from alrao_tune.tune.trainable import trial_config
+
+    folder = stage_dir(faulty["tmp"] / "runs", "faulty", "stage1")
+    final = {trial_config(t.config)["arch_name"]: Path(t.checkpoint.path) / "trainer.pt"
+             for t in experiment_trials(folder)}
+    a, b = (torch.load(final[n], weights_only=True) for n in ("twin-a", "twin-b"))
+
+    def same(x, y) -> bool:
+        if isinstance(x, torch.Tensor):
+            return torch.equal(x, y)
+        if isinstance(x, dict):
+            return x.keys() == y.keys() and all(same(x[k], y[k]) for k in x)
+        if isinstance(x, (list, tuple)):
+            return len(x) == len(y) and all(same(u, v) for u, v in zip(x, y))
+        return x == y
+
+    assert same(a["model"], b["model"])  # weights, heads and the switch's buffers
+    assert any("posterior" in k or "switch" in k for k in a["model"])
+    assert same(a["optimizer"], b["optimizer"])  # per-feature rates, momentum, step
+    assert same(a["best_state"], b["best_state"])
+    for key in ("shuffle_gen", "torch_rng"):
+        assert same(a[key], b[key])
+    for key in ("epoch", "global_step", "status", "best_epoch", "best_val", "bad_epochs"):
+        assert a["loop"][key] == b["loop"][key]
+    assert a["loop"]["global_step"] == 4 * STEPS_PER_EPOCH
+
+
+def test_concurrent_trials_log_every_value_exactly_once(faulty):
+    client, runs = mlflow_runs(faulty["uri"], "faulty")
+    trials = [r for r in runs if "alrao_tune.trial_id" in r.data.tags]
+    assert len(trials) == 4
+    logged = 0
+    for run in trials:
+        epochs = len(history(client, run.info.run_id, "val_loss"))
+        for key in run.data.metrics:
+            steps = [s for s, _ in history(client, run.info.run_id, key)]
+            assert len(steps) == len(set(steps)), (run.info.run_name, key)  # no duplicate
+            logged += len(steps)
+        # one switch posterior per training step (posterior_every: 1), none missing
+        assert [s for s, _ in history(client, run.info.run_id, "posterior/head_00")] == \
+            list(range(1, epochs * STEPS_PER_EPOCH + 1))
+        assert [s for s, _ in history(client, run.info.run_id, "val_loss")] == \
+            list(range(1, epochs + 1))
+    # what the driver-side callback accepted is exactly what the store holds
+    assert logged == faulty["results"]["timings"]["stage1_mlflow_values"]
+
+
+def test_soak_tiny(ray_local, tmp_path):
+    from alrao_tune.tune.soak import soak
+
+    # seed 1: trial 0 crashes once, trial 1 raises
+    out = soak(n_trials=2, failure_rate=1.0, seed=1, tracking_uri=f"sqlite:///{tmp_path}/s.db",
+               storage=tmp_path / "runs", progress=None)
+    assert out["ok"], out
+    assert out["injected"] == {"crash_once": 1, "raise": 1}
+    assert out["trials"] == 2 and out["mlflow_runs"] == 2
+    assert out["completed"] == 1 and out["failed"] == 1 and out["retried"] == 1
+    assert out["retried"] == out["injected"]["crash_once"]
+    assert out["failed"] == out["injected"]["raise"]
+
+
+def test_resumed_run_skips_values_stored_before_a_lagging_last_step_tag(tmp_path):
+    """MLflow's SQL store commits a batch's metrics and its tags in two transactions: a
+    driver killed between them leaves values of step 2 stored with ``last_step`` still 1.
+    The resumed callback takes the last step from the stored ``time_total_s`` values, so
+    the replayed step 2 is skipped and step 3 is logged: each value once."""
+    from ray.tune.experiment import Trial
+
+    from alrao_tune.tracking import LAST_STEP_TAG, RunTree, prepare_store
+    from alrao_tune.tune.mlflow_callback import MLflowTrialCallback
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tree = RunTree(uri, prepare_store(uri, "lag"))
+    stage = tree.start("stage")
+    trial = Trial("fn", config={"a": 1}, trial_id="t1", stub=True)
+
+    def result(epoch):
+        return {"epoch": epoch, "val_loss": 1.0 / epoch, "time_total_s": float(epoch)}
+
+    first = MLflowTrialCallback(tree, stage, background=False)
+    for epoch in (1, 2):
+        first.on_trial_result(0, [trial], trial, result(epoch))
+        first.on_checkpoint(0, [trial], trial, None)
+    run_id = first.run_ids["t1"]
+    tree.set_tags(run_id, {LAST_STEP_TAG: "1"})  # the tag transaction of step 2 was lost
+    # the driver died: no close(); a new driver resumes the trial from its epoch-1 checkpoint
+    second = MLflowTrialCallback(tree, stage, background=False)
+    for epoch in (2, 3):
+        second.on_trial_result(0, [trial], trial, result(epoch))
+    second.on_trial_complete(0, [trial], trial)
+    assert second.run_ids["t1"] == run_id
+    client = tree.client
+    for key in ("val_loss", "time_total_s", "epoch"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3], key
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["alrao_tune.replayed_results"] == "1"
