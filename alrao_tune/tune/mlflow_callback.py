@@ -17,10 +17,10 @@ the step of its newest ``time_total_s`` value (Tune puts it in every result, and
 writes it after the result's other values), or the tag ``alrao_tune.last_step`` if that
 is higher. MLflow's SQL store commits a batch's metrics and its tags in separate
 transactions, so the tag alone can lag behind values a killed driver had stored.
-Values are buffered (``flush_every``, ``flush_interval_s``), but a trial's buffer is
-written, and waited for, in ``on_checkpoint``, before Tune saves the checkpoint into its
-experiment state: a driver killed with SIGKILL loses no value that a resumed trial will
-not report again.
+Values are buffered (``flush_every``, ``flush_interval_s``), but every buffer is written,
+and waited for, in ``get_state``, which Tune calls while saving its experiment state and
+before syncing it to storage: a driver killed with SIGKILL loses no value that a resumed
+trial will not report again.
 
 ``alrao_tune.tracking`` re-exports the class lazily, so importing it needs no Ray.
 """
@@ -257,18 +257,6 @@ class MLflowTrialCallback(Callback):
                 self._flush(run)
         self._stats["hook_s"] += time.perf_counter() - start
 
-    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any,
-                      **info: Any) -> None:
-        """Writes the trial's buffered values and WAITS until they are stored: Tune records
-        the checkpoint in its experiment state right after this, and a driver killed after
-        that save resumes the trial from the checkpoint, never reporting those values again
-        (they would be lost with the buffer)."""
-        start = time.perf_counter()
-        if (run := self._trials.get(trial.trial_id)) is not None:
-            self._flush(run)
-        self._writer.call(_barrier)
-        self._stats["hook_s"] += time.perf_counter() - start
-
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         """Writes buffers older than ``flush_interval_s`` (long epochs stay visible)."""
         now = time.monotonic()
@@ -307,7 +295,21 @@ class MLflowTrialCallback(Callback):
         self.close()
 
     def get_state(self) -> dict[str, Any]:
-        """Kept in Tune's experiment checkpoint, for ``Tuner.restore``."""
+        """Kept in Tune's experiment checkpoint, for ``Tuner.restore``.
+
+        Tune calls this while it saves its experiment state into the driver's staging
+        folder, before it syncs that state (which names each trial's newest checkpoint)
+        to the storage a restore reads. So every buffered value is written, and waited
+        for, here: a driver killed after the sync resumes trials from checkpoints whose
+        values are all stored, and one killed before it resumes from older checkpoints
+        whose replayed results are skipped (see the module docstring). One wait per
+        experiment save, not one per trial checkpoint.
+        """
+        start = time.perf_counter()
+        for run in self._trials.values():
+            self._flush(run)
+        self._writer.call(_barrier)
+        self._stats["hook_s"] += time.perf_counter() - start
         return {"run_ids": dict(self.run_ids)}
 
     def set_state(self, state: dict[str, Any]) -> None:
