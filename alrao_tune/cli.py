@@ -30,8 +30,9 @@ def _input_errors() -> tuple[type[BaseException], ...]:
     try:
         from alrao_tune.tracking import TrackingError
         from alrao_tune.tune.screen import ResumeError
+        from alrao_tune.tune.session import ClusterError
 
-        errors += [TrackingError, ResumeError]
+        errors += [TrackingError, ResumeError, ClusterError]
     except ImportError:  # pragma: no cover - the tune extras are part of the install
         pass
     return tuple(errors)
@@ -274,8 +275,11 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a YAML key, e.g. --set stage1.top_k=3")
     s.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
-    s.add_argument("--storage", help="Ray Tune storage directory or URI (default ./alrao_runs)")
-    s.add_argument("--address", help="Ray cluster address (default: RAY_ADDRESS or local)")
+    s.add_argument("--storage", help="Ray Tune storage: a directory (shared by all nodes on "
+                   "a cluster) or a URI such as s3://bucket/prefix, gs://..., file:///abs "
+                   "(default ./alrao_runs)")
+    s.add_argument("--address", help="Ray cluster address HOST:6379 or auto (default: "
+                   "RAY_ADDRESS, else a local Ray)")
     s.add_argument("--output", help="write leaderboard.csv, stage1/2.csv, results.json here")
     s.add_argument("--resume", action="store_true", help="finish the newest interrupted run")
     s.add_argument("--json", action="store_true", help="print results.json to stdout")
@@ -285,9 +289,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("space", help="search-space YAML file (its `compare` section)")
     c.add_argument("--seeds", type=int, help="number of seeds (default: compare.seeds)")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--tracking-uri")
-    c.add_argument("--storage")
-    c.add_argument("--address")
+    c.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    c.add_argument("--storage", help="Ray Tune storage directory or URI, as for screen")
+    c.add_argument("--address", help="Ray cluster address HOST:6379 or auto (default: "
+                   "RAY_ADDRESS, else a local Ray)")
     c.add_argument("--output", help="write report-*.md, trials.csv, compare.json, PNGs here")
     c.add_argument("--resume", action="store_true",
                    help="finish the newest interrupted comparison (same --storage)")

@@ -42,7 +42,8 @@ FUNNEL_COLUMNS = ("rank", "arch", "status", "n_params", "alrao_score", "alrao_ra
 TRIAL_COLUMNS = (
     "trial_id", "stage", "proxy", "arch", "method", "seed", "status", "best_val_loss",
     "best_val_acc", "best_best_head_val_loss", "test_loss", "test_acc", "lr_eff", "epochs",
-    "time_total_s", "n_params", "lr", "momentum", "weight_decay", "error", "run_id")
+    "time_total_s", "n_params", "lr", "momentum", "weight_decay", "error", "run_id",
+    "node_id")
 
 
 class StoreError(RuntimeError):
@@ -269,7 +270,8 @@ def _trials_from_runs(runs: list[Run]) -> pd.DataFrame:
             "proxy": params.get("proxy", ""), "arch": params.get("arch_name", ""),
             "method": params.get("train.method", ""), "seed": _parse(params.get("train.seed")),
             "status": status, "epochs": metrics.get("epoch", 0),
-            "error": tags.get(tracking.ERROR_TAG, ""), "run_id": run.info.run_id}
+            "error": tags.get(tracking.ERROR_TAG, ""), "run_id": run.info.run_id,
+            "node_id": tags.get("node_id", "")}
         for key in ("best_val_loss", "best_val_acc", "best_best_head_val_loss", "test_loss",
                     "test_acc", "lr_eff", "time_total_s", "n_params"):
             row[key] = metrics.get(key, math.nan)

@@ -40,6 +40,7 @@ from alrao_tune.tune.screen import (
     _reconcile_runs,
     _trial_runs,
 )
+from alrao_tune.tune.storage import Location
 
 STATE_FILE = "compare.json"  # in the comparison's folder: its MLflow run and status
 
@@ -147,18 +148,32 @@ def compare(
     archs = space.architectures_resolved()
     preflight(space, archs)
     configs = compare_trials(space, seed_list)
-    base = Path(storage or "alrao_runs").expanduser().resolve() / stages.safe_name(space.name)
+    base = Location.parse(storage) / stages.safe_name(space.name)
     root, state = (_resumable(base) if resume
                    else (base / f"compare-{time.strftime('%Y%m%d-%H%M%S')}", {}))
     uri = tracking_uri or tracking.default_tracking_uri()
+    tracking.check_reachable(uri)
+    with ray_session(address, resources=space.resources.model_dump()):
+        return _compare(space, seed_list, configs, len(archs), root, state, uri, output,
+                        say, resume)
+
+
+def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, Any]],
+             n_archs: int, root: Location, state: dict[str, Any], uri: str,
+             output: str | Path | None, say: Progress, resume: bool) -> CompareResult:
+    """The comparison, inside the Ray session (see :func:`compare`)."""
+    import time
+
+    from alrao_tune import tracking
+
     tree = tracking.RunTree(uri, tracking.prepare_store(uri, space.name))
-    say(f"compare: {len(archs)} architectures x {len(seed_list)} seed(s): {len(configs)} runs")
+    say(f"compare: {n_archs} architectures x {len(seed_list)} seed(s): {len(configs)} runs")
     parent = state.get("run_id")
     if parent is not None:
         tree.reopen(parent)
     else:
         parent = tree.start(f"compare {space.name}", params={
-            "seeds": seed_list, "n_runs": len(configs), "n_architectures": len(archs)},
+            "seeds": seed_list, "n_runs": len(configs), "n_architectures": n_archs},
             tags={"alrao_tune.kind": "compare"})
     _write_state(root, {"run_id": parent, "status": "RUNNING"})
     status, t0 = "FAILED", time.perf_counter()
@@ -179,11 +194,10 @@ def compare(
                       metric="best_val_loss", mode="min",
                       callbacks=[callback, _ProgressCallback(say, "compare", len(configs),
                                                              _name, start=done)])
-        with ray_session(address):
-            try:
-                grid = run_job(job, resume=resume)
-            finally:
-                callback.close()
+        try:
+            grid = run_job(job, resume=resume)
+        finally:
+            callback.close()
         run_ids = {**_trial_runs(tree, parent), **callback.run_ids} if resume \
             else callback.run_ids
         trials = trials_frame(grid, run_ids)
@@ -201,7 +215,7 @@ def compare(
         _write_state(root, {"run_id": parent, "status": status})
 
 
-def _resumable(base: Path) -> tuple[Path, dict[str, Any]]:
+def _resumable(base: Location) -> tuple[Location, dict[str, Any]]:
     """The newest comparison under ``base`` that did not finish, and its state; reads only.
 
     Raises:
@@ -212,8 +226,8 @@ def _resumable(base: Path) -> tuple[Path, dict[str, Any]]:
 
     from alrao_tune.tune.runner import check_resumable
 
-    folders = sorted(base.glob("compare-*"), reverse=True) if base.is_dir() else []
-    for root in folders:
+    folders = sorted((n for n in base.children() if n.startswith("compare-")), reverse=True)
+    for root in (base / name for name in folders):
         if not tune.Tuner.can_restore(str(root / "compare")):
             continue
         try:
@@ -228,11 +242,9 @@ def _resumable(base: Path) -> tuple[Path, dict[str, Any]]:
                       "space there; run it without --resume.")
 
 
-def _write_state(root: Path, data: dict[str, Any]) -> None:
-    root.mkdir(parents=True, exist_ok=True)
-    tmp = root / f"{STATE_FILE}.tmp"
-    tmp.write_text(json.dumps(data, indent=2))
-    tmp.replace(root / STATE_FILE)
+def _write_state(root: Location, data: dict[str, Any]) -> None:
+    root.mkdir()
+    (root / STATE_FILE).write_text(json.dumps(data, indent=2))
 
 
 def _name(trial: Any) -> str:

@@ -3,7 +3,8 @@
 It also turns a ``ResultGrid`` into a pandas table of trials (one row per trial) with the
 columns the reports rank on: ``arch``, ``seed``, ``status``, ``best_val_loss``,
 ``best_val_acc``, ``test_loss``, ``test_acc``, ``lr_eff``, ``epochs``, ``time_total_s``,
-``n_params``, the searched values and the MLflow ``run_id``.
+``n_params``, the searched values, the MLflow ``run_id`` and the Ray ``node_id`` that
+produced the trial's last result.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from alrao_tune.tune.storage import Location
 from alrao_tune.tune.trainable import trial_config
 
 log = logging.getLogger(__name__)
@@ -33,7 +35,7 @@ TRIAL_COLUMNS = (
     "trial_id", "stage", "proxy", "arch", "method", "seed", "status", "best_val_loss",
     "best_val_acc",
     "best_best_head_val_loss", "test_loss", "test_acc", "lr_eff", "epochs", "time_total_s",
-    "n_params", "lr", "momentum", "weight_decay", "error", "run_id",
+    "n_params", "lr", "momentum", "weight_decay", "error", "run_id", "node_id",
 )
 
 
@@ -43,7 +45,7 @@ class TuneJob:
 
     name: str
     param_space: dict[str, Any]
-    storage: Path
+    storage: Location | Path | str  # a local folder or a URI (see alrao_tune.tune.storage)
     resources: Mapping[str, float]
     metric: str
     mode: str
@@ -55,9 +57,15 @@ class TuneJob:
     max_concurrent: int = 0
 
     @property
-    def path(self) -> Path:
+    def location(self) -> Location:
+        """The storage: ``str()`` of it is Tune's ``storage_path`` (a URI untouched)."""
+        return self.storage if isinstance(self.storage, Location) \
+            else Location.parse(self.storage)
+
+    @property
+    def path(self) -> Location:
         """The Tune experiment folder."""
-        return Path(self.storage) / self.name
+        return self.location / self.name
 
 
 def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = None) -> Any:
@@ -91,7 +99,7 @@ def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = 
             search_alg=job.search_alg, scheduler=job.scheduler, reuse_actors=True,
             max_concurrent_trials=job.max_concurrent or None),
         run_config=tune.RunConfig(
-            name=job.name, storage_path=str(job.storage), callbacks=list(job.callbacks),
+            name=job.name, storage_path=str(job.location), callbacks=list(job.callbacks),
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=tune.FailureConfig(max_failures=job.max_failures),
             verbose=0),
@@ -111,7 +119,7 @@ def _replace_callbacks(tuner: Any, callbacks: Sequence[Any]) -> None:
     run_config.callbacks = list(callbacks)
 
 
-def experiment_trials(path: str | Path) -> list[Any]:
+def experiment_trials(path: str | Path | Location) -> list[Any]:
     """The trials of a Tune experiment folder as its newest experiment state saved them
     (``ray.tune.experiment.Trial`` objects: ``trial_id``, ``status``, ``checkpoint``)."""
     from ray.tune import ExperimentAnalysis
@@ -129,7 +137,7 @@ def load_results(job: TuneJob) -> Any:
             str(job.path), default_metric=job.metric, default_mode=job.mode))
 
 
-def is_finished(path: str | Path) -> bool:
+def is_finished(path: str | Path | Location) -> bool:
     """Whether every trial of the experiment at ``path`` ended (TERMINATED or ERROR)."""
     try:
         trials = experiment_trials(path)
@@ -138,7 +146,7 @@ def is_finished(path: str | Path) -> bool:
     return bool(trials) and all(t.status in ("TERMINATED", "ERROR") for t in trials)
 
 
-def check_resumable(path: str | Path, checkpoint_file: str = "trainer.pt") -> int:
+def check_resumable(path: str | Path | Location, checkpoint_file: str = "trainer.pt") -> int:
     """Reads the checkpoint every unfinished or errored trial would resume from.
 
     Returns the number of trials that a restore will continue (0 when there is no
@@ -167,7 +175,8 @@ def check_resumable(path: str | Path, checkpoint_file: str = "trainer.pt") -> in
             continue  # it starts from scratch
         file = Path(checkpoint.path) / checkpoint_file
         try:
-            state = torch.load(file, map_location="cpu", weights_only=True)
+            state = torch.load(_checkpoint_source(checkpoint, checkpoint_file),
+                               map_location="cpu", weights_only=True)
             if not isinstance(state, dict) or not {"model", "optimizer", "loop"} <= set(state):
                 raise ValueError("not a checkpoint written by alrao_tune's Trainer")
         except Exception as err:  # noqa: BLE001 - any unreadable file is the same error
@@ -177,6 +186,20 @@ def check_resumable(path: str | Path, checkpoint_file: str = "trainer.pt") -> in
                 f"({type(err).__name__}: {first}); start the screening again without "
                 "--resume") from err
     return len(trials)
+
+
+def _checkpoint_source(checkpoint: Any, name: str) -> Any:
+    """The file ``name`` of a Tune checkpoint: its local path, or its bytes read through
+    the checkpoint's pyarrow filesystem (storage on a URI such as ``s3://``)."""
+    import io
+
+    from pyarrow import fs as pafs
+
+    filesystem = getattr(checkpoint, "filesystem", None)
+    if filesystem is None or isinstance(filesystem, pafs.LocalFileSystem):
+        return Path(checkpoint.path) / name
+    with filesystem.open_input_stream(f"{checkpoint.path.rstrip('/')}/{name}") as f:
+        return io.BytesIO(f.read())
 
 
 @contextlib.contextmanager
@@ -218,6 +241,7 @@ def trials_frame(grid: Any, run_ids: Mapping[str, str] | None = None) -> pd.Data
             "epochs": metrics.get("epoch", 0),
             "error": _error_text(result.error),
             "run_id": (run_ids or {}).get(trial_id),
+            "node_id": metrics.get("node_id", ""),  # the Ray node of its last result
         }
         for key in ("best_val_loss", "best_val_acc", "best_best_head_val_loss", "test_loss",
                     "test_acc", "lr_eff", "time_total_s", "n_params"):

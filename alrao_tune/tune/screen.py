@@ -1,7 +1,9 @@
 """The screening pipeline: validate -> stage 1 (Alrao) -> top-k -> stage 2 (Optuna) -> leaderboard.
 
 Everything is tracked in MLflow as ``pipeline run -> stage run -> one run per trial``,
-logged from the driver; trials, checkpoints and Tune state live under ``storage``.
+logged from the driver; trials, checkpoints and Tune state live under ``storage`` (a
+local or shared folder, or a URI such as ``s3://bucket/prefix``: see
+:mod:`alrao_tune.tune.storage`).
 
 Resume (``resume=True``, ``alrao-tune screen SPACE --resume``) continues the newest
 screening of the space under ``storage`` (``<storage>/<space>/LATEST`` names its folder,
@@ -27,10 +29,12 @@ whose ``pipeline.json`` holds its MLflow run ids and which stages finished):
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
+import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -50,6 +54,7 @@ from alrao_tune.tune.runner import (
     trials_frame,
 )
 from alrao_tune.tune.search import PerArchSearch
+from alrao_tune.tune.storage import Location
 from alrao_tune.tune.trainable import inject_faults
 
 Progress = Callable[[str], None]
@@ -122,14 +127,15 @@ def screen(
     archs = space.architectures_resolved()
     preflight(space, archs)
     faults = _faults(archs)
-    base = Path(storage or "alrao_runs").expanduser().resolve() / stages.safe_name(space.name)
+    base = Location.parse(storage) / stages.safe_name(space.name)
     state = _PipelineState.load(base) if resume else None  # reads only
     if state is not None:
         state.check_checkpoints()  # reads only: a bad checkpoint fails before any write
     uri = tracking_uri or tracking.default_tracking_uri()
-    experiment_id = tracking.prepare_store(uri, space.name)
-    tree = tracking.RunTree(uri, experiment_id)
-    with ray_session(address):
+    tracking.check_reachable(uri)
+    with ray_session(address, resources=space.resources.model_dump()):
+        experiment_id = tracking.prepare_store(uri, space.name)
+        tree = tracking.RunTree(uri, experiment_id)
         pipe = _Pipeline(space, archs, tree, base, say, state, faults)
         result = pipe.run()
     result.tracking_uri = uri
@@ -142,7 +148,7 @@ class _Pipeline:
     """One invocation of the screening, with its MLflow runs (closed on any exit)."""
 
     def __init__(self, space: SearchSpace, archs: list[dict[str, Any]], tree: Any,
-                 base: Path, say: Progress, state: _PipelineState | None = None,
+                 base: Location, say: Progress, state: _PipelineState | None = None,
                  faults: dict[str, str] | None = None) -> None:
         self.space, self.archs, self.tree, self.say = space, archs, tree, say
         self.resume = state is not None
@@ -169,7 +175,8 @@ class _Pipeline:
             result = ScreenResult(space.name, t1, s1, t2, s2, board, "", tree.experiment_id,
                                   dict(self.run_ids), dict(self.timings), str(self.state.root))
             _log_pipeline_artifacts(tree, pipeline_run, space, result)
-            _log_figures(tree, pipeline_run, space, result, self.state.root / "figures")
+            with _figures_folder(self.state.root) as folder:
+                _log_figures(tree, pipeline_run, space, result, folder)
             status = "FINISHED"
             return result
         except KeyboardInterrupt:
@@ -455,6 +462,17 @@ def write_outputs(result: ScreenResult, output: Path) -> None:
     (output / "results.json").write_text(json.dumps(result.to_json(), indent=2))
 
 
+@contextlib.contextmanager
+def _figures_folder(root: Location) -> Iterator[Path]:
+    """``<root>/figures`` for local storage; a temporary folder for a URI (the PNGs are
+    MLflow artifacts of the pipeline run either way)."""
+    if root.local is not None:
+        yield root.local / "figures"
+        return
+    with tempfile.TemporaryDirectory(prefix="alrao-figures-") as tmp:
+        yield Path(tmp)
+
+
 class ResumeError(RuntimeError):
     """``--resume`` found nothing (or nothing readable) to resume."""
 
@@ -463,7 +481,7 @@ class _PipelineState:
     """``<root>/pipeline.json``: the MLflow run ids of an invocation, which stages
     finished (with their timings) and its status, for ``--resume``."""
 
-    def __init__(self, root: Path, data: dict[str, Any]) -> None:
+    def __init__(self, root: Location, data: dict[str, Any]) -> None:
         self.root, self.data = root, data
 
     @property
@@ -471,7 +489,7 @@ class _PipelineState:
         return self.data.setdefault("run_ids", {})
 
     @classmethod
-    def load(cls, base: Path) -> _PipelineState:
+    def load(cls, base: Location) -> _PipelineState:
         """The newest screening under ``base``, to resume; reads only.
 
         Raises:
@@ -484,7 +502,7 @@ class _PipelineState:
         root = base / latest.read_text().strip()
         try:
             state = cls(root, json.loads((root / "pipeline.json").read_text()))
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError) as err:  # pyarrow's errors are OSError too
             raise ResumeError(f"cannot resume from {root}: {err}") from err
         if state.data.get("status") == "FINISHED":
             raise ResumeError(f"nothing to resume under {base}: the newest screening "
@@ -493,13 +511,13 @@ class _PipelineState:
         return state
 
     @classmethod
-    def create(cls, base: Path) -> _PipelineState:
+    def create(cls, base: Location) -> _PipelineState:
         """A fresh invocation's folder ``<base>/<timestamp>``, named in ``<base>/LATEST``."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         root, n = base / stamp, 1
         while root.exists():
             root, n = base / f"{stamp}-{n}", n + 1
-        root.mkdir(parents=True)
+        root.mkdir()
         (base / "LATEST").write_text(root.name)
         state = cls(root, {"status": "RUNNING", "run_ids": {}, "done": {}})
         state._write()
@@ -534,9 +552,7 @@ class _PipelineState:
         self._write()
 
     def _write(self) -> None:
-        tmp = self.root / "pipeline.json.tmp"
-        tmp.write_text(json.dumps(self.data, indent=2))
-        tmp.replace(self.root / "pipeline.json")
+        (self.root / "pipeline.json").write_text(json.dumps(self.data, indent=2))
 
 
 def _faults(archs: list[dict[str, Any]]) -> dict[str, str]:

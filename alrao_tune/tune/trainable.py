@@ -7,9 +7,21 @@ frozen :class:`~alrao_tune.config.TrainConfig`.
 
 Every epoch reports the epoch's record (flat numbers, ``status``, and ``step_metrics``
 with per-step switch posteriors for the driver-side MLflow callback) plus running bests
-(``best_val_loss``, ``best_val_acc``, ``best_best_head_val_loss``), with a checkpoint of
-the whole trainer state; the last report also carries the test metrics measured at the
-best validation epoch. A resumed trial continues from its last checkpoint exactly.
+(``best_val_loss``, ``best_val_acc``, ``best_best_head_val_loss``) and the Ray
+``node_id`` running it, with a checkpoint of the whole trainer state; the last report
+also carries the test metrics measured at the best validation epoch. A resumed trial
+continues from its last checkpoint exactly.
+
+On a cluster the driver ships only this small config to the workers, never arrays: each
+worker process loads the trial's dataset itself, once (:func:`dataset_for`, kept by reused
+actors). Generated datasets (``blobs``, ``synthetic``) are generated from their seed in
+memory; ``mnist1d`` is generated once per node into the node's on-disk cache
+(``$ALRAO_TUNE_CACHE``, default ``~/.cache/alrao_tune``; written atomically, so concurrent
+workers are safe) and read from there afterwards; ``digits`` comes with scikit-learn;
+``cifar10`` and ``text`` read ``dataset.options.path``, which must therefore exist on every
+node (a shared filesystem, or the same path copied to each). The device follows the
+trial's resources: ``training.device: auto`` becomes ``cuda`` when ``resources.gpu > 0``
+(Ray sets ``CUDA_VISIBLE_DEVICES`` to the trial's GPU, fractional shares included).
 """
 
 from __future__ import annotations
@@ -106,6 +118,7 @@ def train_trial(config: dict[str, Any]) -> None:
 
     config = trial_config(config)
     cfg = trial_train_config(config)
+    node_id = _node_id()
     data = dataset_for(cfg)
     if config.get("lr_find"):
         cfg = apply_lr_find(cfg, data, config["lr_find"])
@@ -122,6 +135,7 @@ def train_trial(config: dict[str, Any]) -> None:
         metrics = {k: v for k, v in record.items() if v is not None}
         metrics.update(best.update(record))
         metrics["n_params"] = trainer.n_params
+        metrics["node_id"] = node_id  # a string: the MLflow callback stores it as a tag
         if cfg.method == "alrao":
             metrics.update(run_lr_min=cfg.lr_min, run_lr_max=cfg.lr_max)
         else:
@@ -137,6 +151,17 @@ def train_trial(config: dict[str, Any]) -> None:
         report(dict(trainer.records[-1]), trainer)
         return
     trainer.run(report)
+
+
+def _node_id() -> str:
+    """The id of the Ray node running this trial ("" outside Ray). Tune's own ``node_ip``
+    cannot tell apart two nodes on one machine (or behind one NAT); the id can."""
+    import ray
+
+    try:
+        return str(ray.get_runtime_context().get_node_id() or "")
+    except Exception:  # noqa: BLE001 - not in a Ray worker
+        return ""
 
 
 def apply_lr_find(cfg: TrainConfig, data: DatasetSplits, how: str) -> TrainConfig:
