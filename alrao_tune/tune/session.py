@@ -58,6 +58,8 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
         logging.getLogger(name).setLevel(logging.ERROR)
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+    if address:  # a bad address is an error even where a Ray is already running here
+        check_address(address)
     if ray.is_initialized():
         if resources is not None:
             check_resources(resources)
@@ -66,7 +68,7 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
     address = address or os.environ.get("RAY_ADDRESS") or None
     kwargs: dict = {"include_dashboard": False, "log_to_driver": False}
     if address:
-        check_address(address)
+        check_address(address)  # again: RAY_ADDRESS
         try:
             ray.init(address=address, **kwargs)
         except (ConnectionError, ValueError, RuntimeError, SystemExit,
