@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # as a shell reports a SIGINT
 
 
 def _input_errors() -> tuple[type[BaseException], ...]:
@@ -333,6 +334,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     except _input_errors() as err:
         print(f"alrao-tune: error: {err}", file=sys.stderr)
         return EXIT_USAGE
+    except KeyboardInterrupt as err:
+        detail = f" ({err})" if str(err) else ""
+        resumable = args.command in ("screen", "compare")
+        print(f"alrao-tune: interrupted{detail}" + (
+            "; what finished is kept: run the same command with --resume to continue"
+            if resumable else ""), file=sys.stderr)
+        return EXIT_INTERRUPTED
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -210,6 +210,9 @@ def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, A
             write_outputs(result, Path(output), tree)
         status = "FINISHED"
         return result
+    except KeyboardInterrupt:
+        status = "KILLED"  # resumable: `--resume` finishes it
+        raise
     finally:
         tree.end(parent, status)
         _write_state(root, {"run_id": parent, "status": status})

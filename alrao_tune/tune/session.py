@@ -17,6 +17,10 @@ _ENV_DEFAULTS = {
     "RAY_DEDUP_LOGS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",
     "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    # Ctrl-C raises KeyboardInterrupt out of Tuner.fit (the screening is then recorded
+    # KILLED, resumable) instead of Tune's handler, which ends fit() as if the experiment
+    # had finished, with the unfinished trials in the result.
+    "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
 
 

@@ -450,3 +450,31 @@ def test_resumed_run_skips_values_stored_before_a_lagging_last_step_tag(tmp_path
     run = client.get_run(run_id)
     assert run.info.status == "FINISHED"
     assert run.data.tags["alrao_tune.replayed_results"] == "1"
+
+
+def test_ctrl_c_leaves_a_resumable_screening(ray_local, tmp_path):
+    """SIGINT (Ctrl-C) to `alrao-tune screen`: exit 130 with a hint, the screening is
+    recorded KILLED (not FINISHED with failed trials), and --resume finishes it."""
+    import signal
+
+    space = write_space(tmp_path, {**KILL, "name": "ctrlc", "stage2": {"enabled": False},
+                                   "training": {"epochs": 12, "batch_size": 32,
+                                                "patience": None}})
+    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "runs"
+    args = [str(space), "--tracking-uri", uri, "--storage", str(storage)]
+    first = Screening(args, tmp_path / "first.log")
+    first.wait_until(lambda: len(checkpoints(stage_dir(storage, "ctrlc", "stage1"))) >= 2,
+                     what="2 stage-1 checkpoints")
+    first.proc.send_signal(signal.SIGINT)
+    assert first.wait(120) == 130, first.output[-3000:]
+    assert "interrupted" in first.output and "--resume" in first.output
+    state = json.loads((stage_dir(storage, "ctrlc", "stage1").parent / "pipeline.json")
+                       .read_text())
+    assert state["status"] == "KILLED"
+    second = Screening([*args, "--resume"], tmp_path / "second.log")
+    assert second.wait() == 0, second.output[-3000:]
+    _, runs = mlflow_runs(uri, "ctrlc")
+    tree = tree_of(runs)
+    assert {r.info.status for r in runs} == {"FINISHED"}
+    assert len(tree["trials"]["stage1 (alrao)"]) == 4
+    assert all(r.data.metrics["epoch"] == 12 for r in tree["trials"]["stage1 (alrao)"])
