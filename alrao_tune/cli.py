@@ -30,7 +30,7 @@ def _input_errors() -> tuple[type[BaseException], ...]:
                                          UnsupportedLayerError, CheckpointError]
     try:
         from alrao_tune.tracking import TrackingError
-        from alrao_tune.tune.screen import ResumeError
+        from alrao_tune.tune.resume import ResumeError
         from alrao_tune.tune.session import ClusterError
 
         errors += [TrackingError, ResumeError, ClusterError]

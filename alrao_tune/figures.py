@@ -7,6 +7,7 @@ Nothing here computes: every function takes a table produced by ``alrao_tune.rep
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 
@@ -34,10 +35,7 @@ def scatter(data: pd.DataFrame, path: Path, fidelity: pd.DataFrame | None = None
         row = fidelity[fidelity["proxy"] == "alrao"].iloc[0]
         ax.set_title(f"Alrao proxy vs grid: Kendall τ = {row['tau_avg']:.2f}, "
                      f"Spearman ρ = {row['rho_avg']:.2f}", fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def posterior_evolution(series: pd.DataFrame, path: Path, title: str = "") -> Path:
@@ -51,10 +49,7 @@ def posterior_evolution(series: pd.DataFrame, path: Path, title: str = "") -> Pa
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=6, ncol=2)
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-    return path
+    return _save(plt, fig, path)
 
 
 def learning_curves(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
@@ -68,6 +63,11 @@ def learning_curves(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.set_yscale("log")
     ax.legend(fontsize=6)
     ax.set_title(title, fontsize=9)
+    return _save(plt, fig, path)
+
+
+def _save(plt: Any, fig: Any, path: Path) -> Path:
+    """Lays out, writes and closes ``fig``; returns ``path``."""
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)

@@ -315,6 +315,44 @@ def test_close_kills_open_runs_and_callback_pickles(mlflow_uri: str) -> None:
     assert "bad" not in run.data.metrics
 
 
+def test_resumed_run_skips_values_stored_before_a_lagging_last_step_tag(tmp_path: Path) -> None:
+    """MLflow's SQL store commits a batch's metrics and its tags in two transactions: a
+    driver killed between them leaves values of step 2 stored with ``last_step`` still 1.
+    The resumed callback takes the last step from the stored ``time_total_s`` values, so
+    the replayed step 2 is skipped and step 3 is logged: each value once."""
+    from ray.tune.experiment import Trial
+
+    from alrao_tune.tracking import LAST_STEP_TAG, RunTree, prepare_store
+    from alrao_tune.tune.mlflow_callback import MLflowTrialCallback
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tree = RunTree(uri, prepare_store(uri, "lag"))
+    stage = tree.start("stage")
+    trial = Trial("fn", config={"a": 1}, trial_id="t1", stub=True)
+
+    def result(epoch):
+        return {"epoch": epoch, "val_loss": 1.0 / epoch, "time_total_s": float(epoch)}
+
+    first = MLflowTrialCallback(tree, stage, background=False)
+    for epoch in (1, 2):
+        first.on_trial_result(0, [trial], trial, result(epoch))
+        first.get_state()  # Tune saves its experiment state
+    run_id = first.run_ids["t1"]
+    tree.set_tags(run_id, {LAST_STEP_TAG: "1"})  # the tag transaction of step 2 was lost
+    # the driver died: no close(); a new driver resumes the trial from its epoch-1 checkpoint
+    second = MLflowTrialCallback(tree, stage, background=False)
+    for epoch in (2, 3):
+        second.on_trial_result(0, [trial], trial, result(epoch))
+    second.on_trial_complete(0, [trial], trial)
+    assert second.run_ids["t1"] == run_id
+    client = tree.client
+    for key in ("val_loss", "time_total_s", "epoch"):
+        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3], key
+    run = client.get_run(run_id)
+    assert run.info.status == "FINISHED"
+    assert run.data.tags["alrao_tune.replayed_results"] == "1"
+
+
 def test_prepare_store_creates_db_and_experiment(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/sub/mlflow.db"
     experiment_id = prepare_store(uri, "my exp/1")

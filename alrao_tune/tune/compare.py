@@ -31,15 +31,9 @@ from alrao_tune import ranking, report_compare
 from alrao_tune.space import SearchSpace, load_space
 from alrao_tune.tune import stages
 from alrao_tune.tune.preflight import preflight
+from alrao_tune.tune.resume import ResumeError, announce_resume, resumed_frame
 from alrao_tune.tune.runner import TuneJob, run_job, trials_frame
-from alrao_tune.tune.screen import (
-    Progress,
-    ResumeError,
-    _clean,
-    _ProgressCallback,
-    _reconcile_runs,
-    _trial_runs,
-)
+from alrao_tune.tune.screen import Progress, _clean, _ProgressCallback
 from alrao_tune.tune.storage import Location
 
 STATE_FILE = "compare.json"  # in the comparison's folder: its MLflow run and status
@@ -180,14 +174,7 @@ def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, A
     try:
         from ray import tune
 
-        from alrao_tune.tune.runner import experiment_trials
-
-        done = 0
-        if resume:
-            trials = experiment_trials(root / "compare")
-            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-            say(f"  [compare] resuming {root / 'compare'}: {done} of {len(trials)} runs had "
-                "ended; the others continue from their last checkpoint")
+        done = announce_resume(root / "compare", "compare", say, "runs") if resume else 0
         callback = tracking.MLflowTrialCallback(tree, parent, trial_name_fn=_name)
         job = TuneJob(name="compare", param_space={"trial": tune.grid_search(configs)},
                       storage=root, resources=space.resources.model_dump(),
@@ -198,11 +185,8 @@ def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, A
             grid = run_job(job, resume=resume)
         finally:
             callback.close()
-        run_ids = {**_trial_runs(tree, parent), **callback.run_ids} if resume \
-            else callback.run_ids
-        trials = trials_frame(grid, run_ids)
-        if resume:
-            _reconcile_runs(tree, parent, trials, say)
+        trials = (resumed_frame(tree, parent, grid, callback.run_ids, say) if resume
+                  else trials_frame(grid, callback.run_ids))
         result = CompareResult(space.name, trials, build_reports(trials, space),
                                {"compare": parent}, time.perf_counter() - t0)
         _log(tree, parent, result)

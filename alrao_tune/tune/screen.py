@@ -9,8 +9,8 @@ Resume (``resume=True``, ``alrao-tune screen SPACE --resume``) continues the new
 screening of the space under ``storage`` (``<storage>/<space>/LATEST`` names its folder,
 whose ``pipeline.json`` holds its MLflow run ids and which stages finished):
 
-* before anything is written, it fails with :class:`ResumeError` when there is nothing to
-  resume (no earlier screening, or the newest one FINISHED) and with
+* before anything is written, it fails with :class:`~alrao_tune.tune.resume.ResumeError`
+  when there is nothing to resume (no earlier screening, or the newest one FINISHED) and with
   ``CheckpointError`` when a checkpoint that a trial would continue from is unreadable;
 * a stage that finished is not run again: its trials are read from its Tune experiment
   folder (and its recorded timings from ``pipeline.json``);
@@ -43,12 +43,17 @@ import pandas as pd
 
 from alrao_tune import report
 from alrao_tune.space import SearchSpace, load_space
-from alrao_tune.tracking import ERROR_TAG, PARENT_TAG, TRIAL_ID_TAG
 from alrao_tune.tune import stages
 from alrao_tune.tune.preflight import preflight
+from alrao_tune.tune.resume import (
+    PipelineState,
+    announce_resume,
+    reconcile_runs,
+    resumed_frame,
+    trial_runs,
+)
 from alrao_tune.tune.runner import (
     TuneJob,
-    experiment_trials,
     load_results,
     run_job,
     trials_frame,
@@ -128,7 +133,7 @@ def screen(
     preflight(space, archs)
     faults = _faults(archs)
     base = Location.parse(storage) / stages.safe_name(space.name)
-    state = _PipelineState.load(base) if resume else None  # reads only
+    state = PipelineState.load(base) if resume else None  # reads only
     if state is not None:
         state.check_checkpoints()  # reads only: a bad checkpoint fails before any write
     uri = tracking_uri or tracking.default_tracking_uri()
@@ -148,11 +153,11 @@ class _Pipeline:
     """One invocation of the screening, with its MLflow runs (closed on any exit)."""
 
     def __init__(self, space: SearchSpace, archs: list[dict[str, Any]], tree: Any,
-                 base: Location, say: Progress, state: _PipelineState | None = None,
+                 base: Location, say: Progress, state: PipelineState | None = None,
                  faults: dict[str, str] | None = None) -> None:
         self.space, self.archs, self.tree, self.say = space, archs, tree, say
         self.resume = state is not None
-        self.state = state if state is not None else _PipelineState.create(base)
+        self.state = state if state is not None else PipelineState.create(base)
         self.faults = faults or {}
         self.run_ids: dict[str, str] = {}
         self.open_runs: list[str] = []
@@ -257,14 +262,14 @@ class _Pipeline:
     def _stage_frame(self, job: TuneJob, stage_run: str, label: str) -> pd.DataFrame:
         """The stage's trials: read back if it finished before (resume), else run."""
         if self.resume and self.state.is_done(label):
-            frame = trials_frame(load_results(job), _trial_runs(self.tree, stage_run))
-            _reconcile_runs(self.tree, stage_run, frame)
+            frame = trials_frame(load_results(job), trial_runs(self.tree, stage_run))
+            reconcile_runs(self.tree, stage_run, frame)
             self.timings.update(self.state.timings(label))
             self.say(f"  [{label}] finished before the interruption: {len(frame)} trials read "
                      f"from {job.path}")
             return frame
         frame = self._run_job(job, stage_run, label)
-        self.state.mark_done(label, {k: v for k, v in self.timings.items()
+        self.state.mark_done(label, {k: _clean(v) for k, v in self.timings.items()
                                      if k.startswith(f"{label}_")})
         return frame
 
@@ -273,12 +278,7 @@ class _Pipeline:
 
         callback = MLflowTrialCallback(self.tree, stage_run, trial_name_fn=_trial_name)
         total = job.num_samples if job.search_alg is not None else None
-        done = 0
-        if self.resume and (job.path / "tuner.pkl").exists():
-            trials = experiment_trials(job.path)
-            done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
-            self.say(f"  [{label}] resuming {job.path}: {done} of {len(trials)} trials had "
-                     "ended; the others continue from their last checkpoint")
+        done = announce_resume(job.path, label, self.say) if self.resume else 0
         job.callbacks = [callback, _ProgressCallback(self.say, label, total, start=done)]
         t0 = time.perf_counter()
         try:
@@ -286,11 +286,8 @@ class _Pipeline:
         finally:
             callback.close()
         wall = time.perf_counter() - t0
-        run_ids = {**_trial_runs(self.tree, stage_run), **callback.run_ids} if self.resume \
-            else callback.run_ids
-        frame = trials_frame(grid, run_ids)
-        if self.resume:
-            _reconcile_runs(self.tree, stage_run, frame, self.say)
+        frame = (resumed_frame(self.tree, stage_run, grid, callback.run_ids, self.say)
+                 if self.resume else trials_frame(grid, callback.run_ids))
         self.timings[f"{label}_wall_s"] = wall  # resumed: this invocation's part only
         self.timings[f"{label}_trial_s"] = float(frame["time_total_s"].fillna(0).sum())
         stats = callback.stats
@@ -300,61 +297,6 @@ class _Pipeline:
         self.tree.log_text(stage_run, frame.to_csv(index=False),
                            f"trials-{stages.safe_name(label)}.csv")
         return frame
-
-
-ORPHAN_TAG = "alrao_tune.orphaned"
-
-
-def _stage_children(tree: Any, stage_run: str) -> list[Any]:
-    """The active trial runs under ``stage_run``, newest first (all pages)."""
-    runs, token = [], None
-    while True:
-        page = tree.client.search_runs(
-            [tree.experiment_id], f"tags.`{PARENT_TAG}` = '{stage_run}'", max_results=1000,
-            order_by=["attributes.start_time DESC"], page_token=token)
-        runs.extend(page)
-        token = page.token
-        if not token:
-            return runs
-
-
-def _trial_runs(tree: Any, stage_run: str) -> dict[str, str]:
-    """Trial id -> its MLflow run under ``stage_run`` (the newest one, by the trial tag)."""
-    out: dict[str, str] = {}
-    for run in _stage_children(tree, stage_run):
-        trial_id = run.data.tags.get(TRIAL_ID_TAG)
-        if trial_id:
-            out.setdefault(trial_id, run.info.run_id)
-    return out
-
-
-def _reconcile_runs(tree: Any, stage_run: str, frame: pd.DataFrame,
-                    say: Progress | None = None) -> dict[str, int]:
-    """After a resumed stage: one active, ended MLflow run per trial (see the module
-    docstring); returns how many runs it ``closed`` and how many ``orphans`` it deleted."""
-    keep = {t: r for t, r in zip(frame["trial_id"], frame["run_id"]) if isinstance(r, str)}
-    status = dict(zip(frame["trial_id"], frame["status"]))
-    errors = dict(zip(frame["trial_id"], frame["error"]))
-    closed = orphans = 0
-    for run in _stage_children(tree, stage_run):
-        run_id, trial_id = run.info.run_id, run.data.tags.get(TRIAL_ID_TAG)
-        if trial_id is not None and keep.get(trial_id) == run_id:
-            if run.info.status == "RUNNING":  # its trial ended before the interruption
-                if status.get(trial_id) == "error":
-                    tree.set_tags(run_id, {ERROR_TAG: errors.get(trial_id) or "error"})
-                tree.end(run_id, "FAILED" if status.get(trial_id) == "error" else "FINISHED")
-                closed += 1
-            continue
-        if run.info.status == "RUNNING":
-            tree.end(run_id, "KILLED")
-        tree.set_tags(run_id, {ORPHAN_TAG: "trial unknown to the resumed Tune experiment "
-                               "(its configuration ran again as another trial)"})
-        tree.client.delete_run(run_id)
-        orphans += 1
-    if say is not None and (closed or orphans):
-        say(f"  resume: closed {closed} trial run(s) left RUNNING, deleted {orphans} orphaned "
-            "trial run(s)")
-    return {"closed": closed, "orphans": orphans}
 
 
 def _trial_name(trial: Any) -> str:
@@ -471,88 +413,6 @@ def _figures_folder(root: Location) -> Iterator[Path]:
         return
     with tempfile.TemporaryDirectory(prefix="alrao-figures-") as tmp:
         yield Path(tmp)
-
-
-class ResumeError(RuntimeError):
-    """``--resume`` found nothing (or nothing readable) to resume."""
-
-
-class _PipelineState:
-    """``<root>/pipeline.json``: the MLflow run ids of an invocation, which stages
-    finished (with their timings) and its status, for ``--resume``."""
-
-    def __init__(self, root: Location, data: dict[str, Any]) -> None:
-        self.root, self.data = root, data
-
-    @property
-    def run_ids(self) -> dict[str, str]:
-        return self.data.setdefault("run_ids", {})
-
-    @classmethod
-    def load(cls, base: Location) -> _PipelineState:
-        """The newest screening under ``base``, to resume; reads only.
-
-        Raises:
-            ResumeError: nothing there, unreadable, or it FINISHED.
-        """
-        latest = base / "LATEST"
-        if not latest.exists():
-            raise ResumeError(f"nothing to resume under {base}: no earlier screening of "
-                              "this space there; run it without --resume.")
-        root = base / latest.read_text().strip()
-        try:
-            state = cls(root, json.loads((root / "pipeline.json").read_text()))
-        except (OSError, ValueError) as err:  # pyarrow's errors are OSError too
-            raise ResumeError(f"cannot resume from {root}: {err}") from err
-        if state.data.get("status") == "FINISHED":
-            raise ResumeError(f"nothing to resume under {base}: the newest screening "
-                              f"({root.name}) finished; run without --resume to start a new "
-                              "one.")
-        return state
-
-    @classmethod
-    def create(cls, base: Location) -> _PipelineState:
-        """A fresh invocation's folder ``<base>/<timestamp>``, named in ``<base>/LATEST``."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        root, n = base / stamp, 1
-        while root.exists():
-            root, n = base / f"{stamp}-{n}", n + 1
-        root.mkdir()
-        (base / "LATEST").write_text(root.name)
-        state = cls(root, {"status": "RUNNING", "run_ids": {}, "done": {}})
-        state._write()
-        return state
-
-    def check_checkpoints(self) -> None:
-        """Raises CheckpointError when a checkpoint a trial would resume from is unreadable
-        (every stage that did not finish); reads only."""
-        from alrao_tune.tune.runner import check_resumable
-
-        for stage in ("stage1", "stage2"):
-            if not self.is_done(stage) and (self.root / stage).is_dir():
-                check_resumable(self.root / stage)
-
-    def is_done(self, stage: str) -> bool:
-        return stage in self.data.get("done", {})
-
-    def timings(self, stage: str) -> dict[str, float]:
-        saved = self.data.get("done", {}).get(stage, {})
-        return {k: float(v) for k, v in saved.items() if isinstance(v, (int, float))}
-
-    def mark_done(self, stage: str, timings: dict[str, float]) -> None:
-        self.data.setdefault("done", {})[stage] = {k: _clean(v) for k, v in timings.items()}
-        self._write()
-
-    def record(self, key: str, run_id: str) -> None:
-        self.run_ids[key] = run_id
-        self._write()
-
-    def finish(self, status: str) -> None:
-        self.data["status"] = status
-        self._write()
-
-    def _write(self) -> None:
-        (self.root / "pipeline.json").write_text(json.dumps(self.data, indent=2))
 
 
 def _faults(archs: list[dict[str, Any]]) -> dict[str, str]:

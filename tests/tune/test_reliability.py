@@ -414,44 +414,6 @@ def test_soak_tiny(ray_local, tmp_path):
     assert out["failed"] == out["injected"]["raise"]
 
 
-def test_resumed_run_skips_values_stored_before_a_lagging_last_step_tag(tmp_path):
-    """MLflow's SQL store commits a batch's metrics and its tags in two transactions: a
-    driver killed between them leaves values of step 2 stored with ``last_step`` still 1.
-    The resumed callback takes the last step from the stored ``time_total_s`` values, so
-    the replayed step 2 is skipped and step 3 is logged: each value once."""
-    from ray.tune.experiment import Trial
-
-    from alrao_tune.tracking import LAST_STEP_TAG, RunTree, prepare_store
-    from alrao_tune.tune.mlflow_callback import MLflowTrialCallback
-
-    uri = f"sqlite:///{tmp_path}/m.db"
-    tree = RunTree(uri, prepare_store(uri, "lag"))
-    stage = tree.start("stage")
-    trial = Trial("fn", config={"a": 1}, trial_id="t1", stub=True)
-
-    def result(epoch):
-        return {"epoch": epoch, "val_loss": 1.0 / epoch, "time_total_s": float(epoch)}
-
-    first = MLflowTrialCallback(tree, stage, background=False)
-    for epoch in (1, 2):
-        first.on_trial_result(0, [trial], trial, result(epoch))
-        first.get_state()  # Tune saves its experiment state
-    run_id = first.run_ids["t1"]
-    tree.set_tags(run_id, {LAST_STEP_TAG: "1"})  # the tag transaction of step 2 was lost
-    # the driver died: no close(); a new driver resumes the trial from its epoch-1 checkpoint
-    second = MLflowTrialCallback(tree, stage, background=False)
-    for epoch in (2, 3):
-        second.on_trial_result(0, [trial], trial, result(epoch))
-    second.on_trial_complete(0, [trial], trial)
-    assert second.run_ids["t1"] == run_id
-    client = tree.client
-    for key in ("val_loss", "time_total_s", "epoch"):
-        assert sorted(m.step for m in client.get_metric_history(run_id, key)) == [1, 2, 3], key
-    run = client.get_run(run_id)
-    assert run.info.status == "FINISHED"
-    assert run.data.tags["alrao_tune.replayed_results"] == "1"
-
-
 def test_ctrl_c_leaves_a_resumable_screening(ray_local, tmp_path):
     """SIGINT (Ctrl-C) to `alrao-tune screen`: exit 130 with a hint, the screening is
     recorded KILLED (not FINISHED with failed trials), and --resume finishes it."""

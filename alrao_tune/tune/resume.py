@@ -1,0 +1,183 @@
+"""What ``--resume`` needs: the screening's state file, and the MLflow runs of a resumed
+Tune experiment brought back to one ended run per trial (``screen`` and ``compare``).
+
+The rules are those of ``alrao_tune.tune.screen``'s module docstring: a trial run left
+RUNNING whose trial had ended is closed (FAILED with its error for an errored trial), and
+a run whose trial Tune never saved is ended KILLED, tagged ``alrao_tune.orphaned`` and
+deleted.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import pandas as pd
+
+from alrao_tune.tracking import ERROR_TAG, PARENT_TAG, TRIAL_ID_TAG
+from alrao_tune.tune.runner import experiment_trials, trials_frame
+from alrao_tune.tune.storage import Location
+
+Progress = Callable[[str], None]
+
+
+def announce_resume(path: Location, label: str, say: Progress, what: str = "trials") -> int:
+    """Says how many trials of the Tune experiment at ``path`` had ended; returns that
+    number (0 when the experiment never got as far as saving its state)."""
+    if not (path / "tuner.pkl").exists():
+        return 0
+    trials = experiment_trials(path)
+    done = sum(t.status in ("TERMINATED", "ERROR") for t in trials)
+    say(f"  [{label}] resuming {path}: {done} of {len(trials)} {what} had ended; the others "
+        "continue from their last checkpoint")
+    return done
+
+
+def resumed_frame(tree: Any, parent: str, grid: Any, run_ids: Mapping[str, str],
+                  say: Progress | None = None) -> pd.DataFrame:
+    """The trial table of a resumed experiment: the run ids of the trials that ended
+    before the interruption come from MLflow (tag ``alrao_tune.trial_id`` under
+    ``parent``), then the runs are reconciled (:func:`reconcile_runs`)."""
+    frame = trials_frame(grid, {**trial_runs(tree, parent), **run_ids})
+    reconcile_runs(tree, parent, frame, say)
+    return frame
+
+
+ORPHAN_TAG = "alrao_tune.orphaned"
+
+
+def stage_children(tree: Any, stage_run: str) -> list[Any]:
+    """The active trial runs under ``stage_run``, newest first (all pages)."""
+    runs, token = [], None
+    while True:
+        page = tree.client.search_runs(
+            [tree.experiment_id], f"tags.`{PARENT_TAG}` = '{stage_run}'", max_results=1000,
+            order_by=["attributes.start_time DESC"], page_token=token)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
+def trial_runs(tree: Any, stage_run: str) -> dict[str, str]:
+    """Trial id -> its MLflow run under ``stage_run`` (the newest one, by the trial tag)."""
+    out: dict[str, str] = {}
+    for run in stage_children(tree, stage_run):
+        trial_id = run.data.tags.get(TRIAL_ID_TAG)
+        if trial_id:
+            out.setdefault(trial_id, run.info.run_id)
+    return out
+
+
+def reconcile_runs(tree: Any, stage_run: str, frame: pd.DataFrame,
+                    say: Progress | None = None) -> dict[str, int]:
+    """After a resumed stage: one active, ended MLflow run per trial (the rules in the
+    module docstring); returns how many runs it ``closed`` and how many ``orphans`` it
+    deleted."""
+    keep = {t: r for t, r in zip(frame["trial_id"], frame["run_id"]) if isinstance(r, str)}
+    status = dict(zip(frame["trial_id"], frame["status"]))
+    errors = dict(zip(frame["trial_id"], frame["error"]))
+    closed = orphans = 0
+    for run in stage_children(tree, stage_run):
+        run_id, trial_id = run.info.run_id, run.data.tags.get(TRIAL_ID_TAG)
+        if trial_id is not None and keep.get(trial_id) == run_id:
+            if run.info.status == "RUNNING":  # its trial ended before the interruption
+                if status.get(trial_id) == "error":
+                    tree.set_tags(run_id, {ERROR_TAG: errors.get(trial_id) or "error"})
+                tree.end(run_id, "FAILED" if status.get(trial_id) == "error" else "FINISHED")
+                closed += 1
+            continue
+        if run.info.status == "RUNNING":
+            tree.end(run_id, "KILLED")
+        tree.set_tags(run_id, {ORPHAN_TAG: "trial unknown to the resumed Tune experiment "
+                               "(its configuration ran again as another trial)"})
+        tree.client.delete_run(run_id)
+        orphans += 1
+    if say is not None and (closed or orphans):
+        say(f"  resume: closed {closed} trial run(s) left RUNNING, deleted {orphans} orphaned "
+            "trial run(s)")
+    return {"closed": closed, "orphans": orphans}
+
+
+class ResumeError(RuntimeError):
+    """``--resume`` found nothing (or nothing readable) to resume."""
+
+
+class PipelineState:
+    """``<root>/pipeline.json``: the MLflow run ids of an invocation, which stages
+    finished (with their timings) and its status, for ``--resume``."""
+
+    def __init__(self, root: Location, data: dict[str, Any]) -> None:
+        self.root, self.data = root, data
+
+    @property
+    def run_ids(self) -> dict[str, str]:
+        return self.data.setdefault("run_ids", {})
+
+    @classmethod
+    def load(cls, base: Location) -> PipelineState:
+        """The newest screening under ``base``, to resume; reads only.
+
+        Raises:
+            ResumeError: nothing there, unreadable, or it FINISHED.
+        """
+        latest = base / "LATEST"
+        if not latest.exists():
+            raise ResumeError(f"nothing to resume under {base}: no earlier screening of "
+                              "this space there; run it without --resume.")
+        root = base / latest.read_text().strip()
+        try:
+            state = cls(root, json.loads((root / "pipeline.json").read_text()))
+        except (OSError, ValueError) as err:  # pyarrow's errors are OSError too
+            raise ResumeError(f"cannot resume from {root}: {err}") from err
+        if state.data.get("status") == "FINISHED":
+            raise ResumeError(f"nothing to resume under {base}: the newest screening "
+                              f"({root.name}) finished; run without --resume to start a new "
+                              "one.")
+        return state
+
+    @classmethod
+    def create(cls, base: Location) -> PipelineState:
+        """A fresh invocation's folder ``<base>/<timestamp>``, named in ``<base>/LATEST``."""
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        root, n = base / stamp, 1
+        while root.exists():
+            root, n = base / f"{stamp}-{n}", n + 1
+        root.mkdir()
+        (base / "LATEST").write_text(root.name)
+        state = cls(root, {"status": "RUNNING", "run_ids": {}, "done": {}})
+        state._write()
+        return state
+
+    def check_checkpoints(self) -> None:
+        """Raises CheckpointError when a checkpoint a trial would resume from is unreadable
+        (every stage that did not finish); reads only."""
+        from alrao_tune.tune.runner import check_resumable
+
+        for stage in ("stage1", "stage2"):
+            if not self.is_done(stage) and (self.root / stage).is_dir():
+                check_resumable(self.root / stage)
+
+    def is_done(self, stage: str) -> bool:
+        return stage in self.data.get("done", {})
+
+    def timings(self, stage: str) -> dict[str, float]:
+        saved = self.data.get("done", {}).get(stage, {})
+        return {k: float(v) for k, v in saved.items() if isinstance(v, (int, float))}
+
+    def mark_done(self, stage: str, timings: dict[str, float]) -> None:
+        self.data.setdefault("done", {})[stage] = dict(timings)
+        self._write()
+
+    def record(self, key: str, run_id: str) -> None:
+        self.run_ids[key] = run_id
+        self._write()
+
+    def finish(self, status: str) -> None:
+        self.data["status"] = status
+        self._write()
+
+    def _write(self) -> None:
+        (self.root / "pipeline.json").write_text(json.dumps(self.data, indent=2))
