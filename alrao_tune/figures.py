@@ -66,6 +66,43 @@ def learning_curves(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
     return _save(plt, fig, path)
 
 
+def lr_curves(curves: pd.DataFrame, path: Path, columns: int = 4) -> Path:
+    """The paper's Figure 2 per architecture: validation loss per epoch of SGD at every
+    grid rate (one colour per rate) and of Alrao (black), from
+    ``report_compare.curves_data`` (``arch, proxy, lr, epoch, val_loss``)."""
+    import math
+
+    plt = _plt()
+    archs = sorted(curves["arch"].unique())
+    rows = max(1, math.ceil(len(archs) / columns))
+    cols = min(columns, max(1, len(archs)))
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), dpi=100,
+                             squeeze=False)
+    rates = sorted(curves.loc[curves["proxy"] != "alrao", "lr"].unique())
+    cmap = plt.get_cmap("viridis")
+    for ax, arch in zip(axes.flat, archs, strict=False):
+        mine = curves[curves["arch"] == arch]
+        for (proxy, lr), group in mine.groupby(["proxy", "lr"], sort=True, dropna=False):
+            finite = group[group["val_loss"].abs() < float("inf")].sort_values("epoch")
+            if proxy == "alrao":
+                ax.plot(finite["epoch"], finite["val_loss"], color="black", lw=1.8,
+                        label="Alrao")
+            else:
+                colour = cmap(rates.index(lr) / max(1, len(rates) - 1))
+                ax.plot(finite["epoch"], finite["val_loss"], color=colour, lw=1.0,
+                        label=f"SGD {lr:.0e}")
+        ax.set_yscale("log")
+        ax.set_title(arch, fontsize=8)
+        ax.tick_params(labelsize=6)
+    for ax in list(axes.flat)[len(archs):]:
+        ax.axis("off")
+    if archs:
+        axes.flat[0].legend(fontsize=5)
+    fig.supxlabel("epoch", fontsize=8)
+    fig.supylabel("validation loss", fontsize=8)
+    return _save(plt, fig, path)
+
+
 def _save(plt: Any, fig: Any, path: Path) -> Path:
     """Lays out, writes and closes ``fig``; returns ``path``."""
     fig.tight_layout()

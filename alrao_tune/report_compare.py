@@ -2,9 +2,9 @@
 
 The trials table has one row per run with columns ``arch, seed, proxy, lr, momentum,
 status, best_val_loss, best_best_head_val_loss, test_acc, test_loss, lr_eff,
-time_total_s, epochs, n_params``. ``proxy`` is ``sgd`` for the ground-truth grid and the
-proxy's name otherwise (``alrao``, ``alrao_auto``, ``adam``, ``lrfind_1cycle``,
-``sgd_default``).
+time_total_s, epochs, n_params`` (and optionally ``train_area``, see :func:`curve_area`).
+``proxy`` is ``sgd`` for the ground-truth grid and the proxy's name otherwise (``alrao``,
+``alrao_momentum0.9``, ``alrao_auto``, ``adam``, ``lrfind_1cycle``, ``sgd_default``).
 
 Ground truth ("best SGD over the grid") for momentum m: per (architecture, seed), the
 lowest best-epoch validation loss over the grid's learning rates; its test accuracy is
@@ -53,17 +53,43 @@ def truth_tables(trials: pd.DataFrame, momentum: float) -> dict[str, pd.DataFram
     }
 
 
+PROXY_ORDER = ("alrao", "alrao_auto", "adam", "lrfind_1cycle", "sgd_default")
+
+
+def curve_area(values: Sequence[float], epochs: int | None = None) -> float:
+    """The training-curve area per epoch: the mean of a run's first ``epochs`` per-epoch
+    training losses (all of them when ``epochs`` is None or 0); inf for an empty curve or
+    one with a non-finite value (a run that diverged learns nothing)."""
+    head = list(values)[:epochs] if epochs else list(values)
+    if not head or not all(math.isfinite(v) for v in head):
+        return math.inf
+    return float(sum(head) / len(head))
+
+
 def proxy_tables(trials: pd.DataFrame, *, default_lr: float, momentum: float) -> dict[str,
                                                                                        pd.DataFrame]:
-    """Score tables (lower is better) of every cheap proxy present in ``trials``."""
+    """Score tables (lower is better) of every cheap proxy present in ``trials``.
+
+    Besides one table per proxy run (``alrao``, ``alrao_momentum0.9``, ``adam``, ...):
+    ``alrao_best_head`` (the best head's validation loss of the same Alrao runs), with a
+    ``train_area`` column (:func:`curve_area`) ``alrao_train_area`` and
+    ``alrao_val_plus_area`` (validation loss + training-curve area: a model that reaches
+    a low loss fast scores better), ``sgd_default`` from the grid when the default rate
+    is a grid point, the rank ensemble of Alrao and Adam, and the parameter count.
+    """
     out: dict[str, pd.DataFrame] = {}
-    for name in ("alrao", "alrao_auto", "adam", "lrfind_1cycle", "sgd_default"):
+    present = set(trials["proxy"]) - {"sgd"}
+    for name in [*PROXY_ORDER, *sorted(present - set(PROXY_ORDER))]:
         rows = trials[trials["proxy"] == name]
         if len(rows):
             out[name] = _table(rows, _loss(rows))
     alrao = trials[trials["proxy"] == "alrao"]
     if len(alrao):
         out["alrao_best_head"] = _table(alrao, _loss(alrao, "best_best_head_val_loss"))
+        if "train_area" in alrao and alrao["train_area"].notna().any():
+            area = alrao["train_area"].where(np.isfinite(_loss(alrao)), math.inf)
+            out["alrao_train_area"] = _table(alrao, area.fillna(math.inf))
+            out["alrao_val_plus_area"] = _table(alrao, _loss(alrao) + area.fillna(math.inf))
     if "sgd_default" not in out:
         grid = grid_rows(trials, momentum)
         rows = grid[np.isclose(grid["lr"], default_lr)]

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from alrao_tune import report, report_compare
+from alrao_tune import ranking, report, report_compare
 
 
 def stage1_trials() -> pd.DataFrame:
@@ -138,3 +138,33 @@ def test_table1_costs_and_pipeline():
     assert pipe["pick"] == "p" and pipe["grid_best"] == "q"
     assert pipe["regret_acc_points"] == pytest.approx(10.0)
     assert pipe["share_of_grid"] == pytest.approx((16 + 40) / 80)
+
+
+def test_curve_area_is_the_mean_of_the_first_epochs():
+    assert report_compare.curve_area([2.0, 1.0, 0.0, 5.0], 3) == pytest.approx(1.0)
+    assert report_compare.curve_area([2.0, 1.0], None) == pytest.approx(1.5)
+    assert report_compare.curve_area([2.0, 1.0], 10) == pytest.approx(1.5)  # fewer epochs
+    assert report_compare.curve_area([2.0, math.nan], 2) == math.inf
+    assert report_compare.curve_area([], 2) == math.inf
+
+
+def test_curve_area_and_momentum_proxies():
+    trials = compare_trials()
+    alrao = trials["proxy"] == "alrao"
+    # q's Alrao run learns faster (smaller training-curve area) but validates worse
+    trials["train_area"] = math.nan
+    trials.loc[alrao, "train_area"] = trials.loc[alrao, "arch"].map({"p": 0.6, "q": 0.2})
+    extra = trials[alrao].assign(proxy="alrao_momentum0.9",
+                                 best_val_loss=lambda f: f["arch"].map({"p": 0.4, "q": 0.3}))
+    tables = report_compare.proxy_tables(pd.concat([trials, extra]), default_lr=0.1,
+                                         momentum=0.0)
+    assert tables["alrao_train_area"][0].to_dict() == {"p": 0.6, "q": 0.2}
+    assert tables["alrao_val_plus_area"][0].to_dict() == pytest.approx({"p": 0.85, "q": 0.55})
+    assert tables["alrao_momentum0.9"][1].to_dict() == {"p": 0.4, "q": 0.3}
+    fid = ranking.fidelity(tables, report_compare.truth_tables(trials, 0.0)["val_loss"],
+                           report_compare.truth_tables(trials, 0.0)["test_acc"], k=1,
+                           mode="min", metric_mode="max").set_index("proxy")
+    # the truth ranks q first: the area-aware score and momentum-Alrao agree, Alrao does not
+    assert fid.loc["alrao_val_plus_area", "tau_avg"] == 1.0
+    assert fid.loc["alrao_momentum0.9", "tau_avg"] == 1.0
+    assert fid.loc["alrao", "tau_avg"] == -1.0

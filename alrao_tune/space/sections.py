@@ -229,19 +229,20 @@ class Compare(_Model):
     default_lr: float = Field(0.01, gt=0)  # the "SGD at one fixed default rate" proxy
     lr_find: bool = True  # proxy: LR range test, then one SGD run with 1cycle at its suggestion
     alrao_auto_range: bool = True  # proxy: Alrao with its interval chosen by an LR range test
+    alrao_momentum: list[float] = Field(default_factory=list)  # proxies: Alrao-SGD with momentum
 
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds(cls, value: Any) -> Any:
         return _seed_list(value)
 
-    @field_validator("lr_grid", "momentum")
+    @field_validator("lr_grid", "momentum", "alrao_momentum")
     @classmethod
     def _bounds(cls, values: list[float], info: ValidationInfo) -> list[float]:
         for i, v in enumerate(values):
             if info.field_name == "lr_grid" and not v > 0:
                 raise _Invalid(f"[{i}]", v, "learning rates must be > 0")
-            if info.field_name == "momentum" and not 0 <= v < 1:
+            if info.field_name != "lr_grid" and not 0 <= v < 1:
                 raise _Invalid(f"[{i}]", v, "momentum must be in [0, 1)")
         return values
 

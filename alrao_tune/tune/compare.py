@@ -66,6 +66,8 @@ def compare_trials(space: SearchSpace, seeds: Sequence[int]) -> list[dict[str, A
             if c.adam:
                 trials.append(trial("adam", "adam", lr=1e-3))
             trials.append(trial("alrao", "alrao"))
+            trials += [trial(f"alrao_momentum{m:g}", "alrao", momentum=m)
+                       for m in c.alrao_momentum]
             if c.alrao_auto_range:
                 trials.append(trial("alrao_auto", "alrao", lr_find="alrao_range"))
             if c.lr_find:
@@ -82,6 +84,8 @@ class CompareResult:
     reports: dict[float, dict[str, Any]] = field(default_factory=dict)
     run_ids: dict[str, str] = field(default_factory=dict)
     wall_s: float = 0.0
+    # per-epoch validation loss of the grid's and Alrao's runs of the first seed (Figure 2)
+    curves: pd.DataFrame = field(default_factory=lambda: report_compare.curves_data([]))
 
     def to_json(self) -> dict[str, Any]:
         def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -187,8 +191,9 @@ def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, A
             callback.close()
         trials = (resumed_frame(tree, parent, grid, callback.run_ids, say) if resume
                   else trials_frame(grid, callback.run_ids))
+        trials, curves = _curves(tree, trials, _min_epochs(space))
         result = CompareResult(space.name, trials, build_reports(trials, space),
-                               {"compare": parent}, time.perf_counter() - t0)
+                               {"compare": parent}, time.perf_counter() - t0, curves)
         _log(tree, parent, result)
         if output is not None:
             write_outputs(result, Path(output), tree)
@@ -200,6 +205,38 @@ def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, A
     finally:
         tree.end(parent, status)
         _write_state(root, {"run_id": parent, "status": status})
+
+
+def _min_epochs(space: SearchSpace) -> int:
+    c = space.compare
+    return c.min_epochs if c.min_epochs is not None else space.training.min_epochs
+
+
+def _curves(tree: Any, trials: pd.DataFrame, area_epochs: int
+            ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Learning curves read back from MLflow: ``trials`` with a ``train_area`` column (the
+    training-curve area of each Alrao run over its first ``area_epochs`` epochs, see
+    :func:`report_compare.curve_area`), and the per-epoch validation loss of the first
+    seed's grid and Alrao runs (``report_compare.curves_data``)."""
+    def history(run_id: Any, key: str) -> list[tuple[int, float]]:
+        if not isinstance(run_id, str) or not run_id:
+            return []
+        return sorted((m.step, m.value) for m in tree.client.get_metric_history(run_id, key))
+
+    area = pd.Series(math.nan, index=trials.index)
+    for i, row in trials[trials["method"] == "alrao"].iterrows():
+        values = [v for _, v in history(row["run_id"], "train_loss")]
+        if values:
+            area[i] = report_compare.curve_area(values, area_epochs or None)
+    records = []
+    if len(trials):
+        first = trials[(trials["seed"] == trials["seed"].min())
+                       & trials["proxy"].isin(["sgd", "alrao"])]
+        for row in first.itertuples():
+            label = "alrao" if row.proxy == "alrao" else f"sgd_m{row.momentum:g}"
+            records += [{"arch": row.arch, "proxy": label, "lr": row.lr, "epoch": step,
+                         "val_loss": v} for step, v in history(row.run_id, "val_loss")]
+    return trials.assign(train_area=area), report_compare.curves_data(records)
 
 
 def _resumable(base: Location) -> tuple[Location, dict[str, Any]]:
@@ -278,6 +315,7 @@ def write_outputs(result: CompareResult, output: Path, tree: Any | None = None) 
 
     output.mkdir(parents=True, exist_ok=True)
     result.trials.to_csv(output / "trials.csv", index=False)
+    result.curves.to_csv(output / "curves.csv", index=False)
     (output / "compare.json").write_text(json.dumps(result.to_json(), indent=2))
     for m, rep in result.reports.items():
         (output / f"report-momentum{m}.md").write_text(markdown(rep))
@@ -289,5 +327,11 @@ def write_outputs(result: CompareResult, output: Path, tree: Any | None = None) 
         if alrao is not None:
             figures.scatter(report_compare.scatter_data(alrao, truth),
                             output / f"scatter-momentum{m}.png", rep["fidelity"])
+        curves = result.curves[result.curves["proxy"].isin(["alrao", f"sgd_m{m:g}"])]
+        if len(curves):
+            figures.lr_curves(curves, output / f"curves-momentum{m}.png")
         if tree is not None:
             tree.log_artifact(result.run_ids["compare"], output / f"report-momentum{m}.md")
+            for name in (f"scatter-momentum{m}.png", f"curves-momentum{m}.png"):
+                if (output / name).exists():
+                    tree.log_artifact(result.run_ids["compare"], output / name, "figures")

@@ -20,7 +20,8 @@ SPACE = {
     "architectures": TINY["architectures"][:2],
     "stage1": {"top_k": 1},
     # lr 1000 makes plain SGD diverge on these nets: a diverged grid point
-    "compare": {"lr_grid": [0.1, 1000.0], "seeds": 1, "alrao_auto_range": False},
+    "compare": {"lr_grid": [0.1, 1000.0], "seeds": 1, "alrao_auto_range": False,
+                "alrao_momentum": [0.9]},
 }
 
 
@@ -43,9 +44,19 @@ def test_compare_writes_table_report_and_figure(compared):
     assert [r["sgd_best_lr"] for r in report["table1"]] == pytest.approx([0.1, 0.1])
     proxies = {r["proxy"] for r in report["fidelity"]}
     assert {"alrao", "alrao_best_head", "adam", "lrfind_1cycle", "sgd_default",
-            "param_count", "ensemble_alrao_adam"} <= proxies
+            "param_count", "ensemble_alrao_adam", "alrao_momentum0.9", "alrao_train_area",
+            "alrao_val_plus_area"} <= proxies
     assert (out / "report-momentum0.0.md").read_text().startswith("### Table 1")
     assert (out / "scatter-momentum0.0.png").stat().st_size > 1000
+    # Figure 2: per-epoch validation loss of every grid rate and of Alrao, read from MLflow
+    assert (out / "curves-momentum0.0.png").stat().st_size > 1000
+    curves = pd.read_csv(out / "curves.csv")
+    assert set(curves["proxy"]) == {"alrao", "sgd_m0"}
+    assert curves.groupby(["arch", "proxy", "lr"], dropna=False).ngroups == 2 * 3
+    trials = pd.read_csv(out / "trials.csv")
+    alrao = trials[trials["proxy"] == "alrao"]
+    # the training-curve area: the mean training loss over the first min_epochs epochs
+    assert alrao["train_area"].between(0, 5).all()
     costs = {r["proxy"]: r for r in report["costs"]}
     assert costs["grid (truth)"]["share_of_grid"] == 1.0
     assert costs["alrao"]["share_of_grid"] > 0
@@ -73,8 +84,9 @@ def test_every_run_is_in_mlflow_under_the_compare_run(compared):
     _, runs = runs_of(uri)
     parent = result["run_ids"]["compare"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
-    # 2 archs x (2 grid rates + default-rate SGD + Adam + Alrao + range-test 1cycle)
-    assert len(children) == 2 * 6
+    # 2 archs x (2 grid rates + default-rate SGD + Adam + Alrao + Alrao with momentum
+    # + range-test 1cycle)
+    assert len(children) == 2 * 7
     assert {r.info.status for r in runs} == {"FINISHED"}
     parent_run = next(r for r in runs if r.info.run_id == parent)
     assert "tau_avg/alrao" in parent_run.data.metrics
@@ -100,6 +112,7 @@ def test_killed_comparison_resumes_without_rerunning_finished_runs(ray_local, tm
 
     # runs of a few seconds each, so that the kill lands while some are still running
     space = {**SPACE, "name": "killcmp", "training": {**TINY["training"], "epochs": 10},
+             "compare": {**SPACE["compare"], "alrao_momentum": []},
              "dataset": {"name": "blobs", "options": {"n_train": 3000, "n_features": 6,
                                                       "n_classes": 3}}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
