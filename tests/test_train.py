@@ -194,3 +194,42 @@ def test_every_family_trains_with_every_method(small_data, dataset, arch, method
     assert history.status == "completed"
     assert math.isfinite(history.records[0]["train_loss"])
     assert math.isfinite(history.test_loss)
+
+
+def test_a_deleted_checkpoint_is_replaced_by_the_trials_earliest_readable_one(blobs,
+                                                                             tmp_path):
+    """Tune's experiment state can name a checkpoint that Tune deleted just before a
+    SIGKILL: before the restore, a copy of the readable ``checkpoint_*`` beside it with the
+    fewest epochs is put in its place; a damaged named checkpoint is an error, not skipped."""
+    from types import SimpleNamespace
+
+    from ray import tune
+
+    from alrao_tune.train import CheckpointError
+    from alrao_tune.tune.checkpoints import restore_missing, usable_checkpoint
+
+    trainer = Trainer(config(), blobs)
+    for index in (2, 3, 4):
+        trainer.train_epoch()
+        (tmp_path / f"checkpoint_00000{index}").mkdir()
+        trainer.save(tmp_path / f"checkpoint_00000{index}" / "trainer.pt")
+    (tmp_path / "checkpoint_000003" / "trainer.pt").write_bytes(b"cut short by the kill")
+
+    named = tune.Checkpoint(str(tmp_path / "checkpoint_000004"))
+    assert usable_checkpoint(named) == (None, None)  # present: used as it is
+    gone = tune.Checkpoint(str(tmp_path / "checkpoint_000001"))
+    source, note = usable_checkpoint(gone)
+    # 000003 is unreadable, so 000002 (epoch 1) is the earliest readable one
+    assert source == str(tmp_path / "checkpoint_000002")
+    assert "checkpoint_000001" in note and "checkpoint_000002 (epoch 1)" in note
+    assert restore_missing(SimpleNamespace(checkpoint=gone)) == note
+    restored = Trainer(config(), blobs)
+    restored.restore(tmp_path / "checkpoint_000001" / "trainer.pt")
+    assert restored.epoch == 1 and usable_checkpoint(gone) == (None, None)
+    with pytest.raises(CheckpointError, match=r"checkpoint_000003/trainer.pt is unreadable"):
+        usable_checkpoint(tune.Checkpoint(str(tmp_path / "checkpoint_000003")))
+    for index in (1, 2, 4):
+        (tmp_path / f"checkpoint_00000{index}" / "trainer.pt").unlink()
+        (tmp_path / f"checkpoint_00000{index}").rmdir()
+    with pytest.raises(CheckpointError, match="no other checkpoint of the trial"):
+        usable_checkpoint(tune.Checkpoint(str(tmp_path / "checkpoint_000001")))

@@ -147,7 +147,7 @@ def compare(
     preflight(space, archs)
     configs = compare_trials(space, seed_list)
     base = Location.parse(storage) / stages.safe_name(space.name)
-    root, state = (_resumable(base) if resume
+    root, state = (_resumable(base, say) if resume
                    else (base / f"compare-{time.strftime('%Y%m%d-%H%M%S')}", {}))
     uri = tracking_uri or tracking.default_tracking_uri()
     tracking.check_reachable(uri)
@@ -239,7 +239,7 @@ def _curves(tree: Any, trials: pd.DataFrame, area_epochs: int
     return trials.assign(train_area=area), report_compare.curves_data(records)
 
 
-def _resumable(base: Location) -> tuple[Location, dict[str, Any]]:
+def _resumable(base: Location, say: Progress) -> tuple[Location, dict[str, Any]]:
     """The newest comparison under ``base`` that did not finish, and its state; reads only.
 
     Raises:
@@ -260,7 +260,7 @@ def _resumable(base: Location) -> tuple[Location, dict[str, Any]]:
             state = {}
         if state.get("status") == "FINISHED":
             break
-        check_resumable(root / "compare")
+        check_resumable(root / "compare", say)
         return root, state
     raise ResumeError(f"nothing to resume under {base}: no unfinished comparison of this "
                       "space there; run it without --resume.")

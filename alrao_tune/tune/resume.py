@@ -151,14 +151,14 @@ class PipelineState:
         state._write()
         return state
 
-    def check_checkpoints(self) -> None:
+    def check_checkpoints(self, say: Callable[[str], None] | None = None) -> None:
         """Raises CheckpointError when a checkpoint a trial would resume from is unreadable
         (every stage that did not finish); reads only."""
         from alrao_tune.tune.runner import check_resumable
 
         for stage in ("stage1", "stage2"):
             if not self.is_done(stage) and (self.root / stage).is_dir():
-                check_resumable(self.root / stage)
+                check_resumable(self.root / stage, say)
 
     def is_done(self, stage: str) -> bool:
         return stage in self.data.get("done", {})

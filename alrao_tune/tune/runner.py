@@ -26,9 +26,10 @@ log = logging.getLogger(__name__)
 
 # Retries of a trial whose worker died or that raised, each from its last checkpoint.
 MAX_FAILURES = 1
-# Trial checkpoints kept on disk. Two, not one: with SIGKILL between Tune deleting the
-# older checkpoint and saving the experiment state that names the newer one, the state on
-# disk would name a deleted checkpoint; with two the one it names still exists.
+# Trial checkpoints kept on disk. Tune deletes the oldest when it registers a new one and
+# saves its experiment state after that (forced every CHECKPOINTS_KEPT checkpoints), so a
+# SIGKILL in between leaves a state naming a deleted checkpoint whatever the number; a
+# resumed trial then continues from a newer one (alrao_tune.tune.checkpoints).
 CHECKPOINTS_KEPT = 2
 
 TRIAL_COLUMNS = (
@@ -86,6 +87,11 @@ def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = 
     fn = tune.with_resources(trainable or train_trial, _resources(job.resources))
     path = job.path
     if resume and tune.Tuner.can_restore(str(path)):
+        from alrao_tune.tune.checkpoints import restore_missing
+
+        for trial in experiment_trials(path):
+            if trial.status != "TERMINATED":
+                restore_missing(trial)  # announced by check_resumable
         tuner = tune.Tuner.restore(
             str(path), fn, resume_unfinished=True, resume_errored=True,
             param_space=job.param_space)
@@ -146,18 +152,21 @@ def is_finished(path: str | Path | Location) -> bool:
     return bool(trials) and all(t.status in ("TERMINATED", "ERROR") for t in trials)
 
 
-def check_resumable(path: str | Path | Location, checkpoint_file: str = "trainer.pt") -> int:
+def check_resumable(path: str | Path | Location, say: Callable[[str], None] | None = None
+                    ) -> int:
     """Reads the checkpoint every unfinished or errored trial would resume from.
 
     Returns the number of trials that a restore will continue (0 when there is no
     experiment state yet). Raises :class:`~alrao_tune.train.CheckpointError` (one line,
-    naming the trial and the file) for a missing or unreadable checkpoint, so that
-    ``--resume`` fails before anything is written.
+    naming the trial and the file) for an unreadable checkpoint, or a missing one with no
+    readable checkpoint of the trial beside it, so that ``--resume`` fails before anything
+    is written. A missing one with a readable sibling is what the trial continues from
+    (:func:`~alrao_tune.tune.checkpoints.usable_checkpoint`); ``say`` is told.
     """
-    import torch
     from ray import tune
 
     from alrao_tune.train import CheckpointError
+    from alrao_tune.tune.checkpoints import usable_checkpoint
 
     if not tune.Tuner.can_restore(str(path)):
         return 0
@@ -173,33 +182,14 @@ def check_resumable(path: str | Path | Location, checkpoint_file: str = "trainer
         checkpoint = getattr(trial, "checkpoint", None)
         if checkpoint is None:
             continue  # it starts from scratch
-        file = Path(checkpoint.path) / checkpoint_file
         try:
-            state = torch.load(_checkpoint_source(checkpoint, checkpoint_file),
-                               map_location="cpu", weights_only=True)
-            if not isinstance(state, dict) or not {"model", "optimizer", "loop"} <= set(state):
-                raise ValueError("not a checkpoint written by alrao_tune's Trainer")
-        except Exception as err:  # noqa: BLE001 - any unreadable file is the same error
-            first = (str(err).strip().splitlines() or [type(err).__name__])[0][:200]
-            raise CheckpointError(
-                f"cannot resume trial {trial.trial_id}: its checkpoint {file} is unreadable "
-                f"({type(err).__name__}: {first}); start the screening again without "
-                "--resume") from err
+            _, note = usable_checkpoint(checkpoint)
+        except CheckpointError as err:
+            raise CheckpointError(f"cannot resume trial {trial.trial_id}: {err}; start the "
+                                  "screening again without --resume") from err
+        if note and say is not None:
+            say(f"  trial {trial.trial_id}: {note}")
     return len(trials)
-
-
-def _checkpoint_source(checkpoint: Any, name: str) -> Any:
-    """The file ``name`` of a Tune checkpoint: its local path, or its bytes read through
-    the checkpoint's pyarrow filesystem (storage on a URI such as ``s3://``)."""
-    import io
-
-    from pyarrow import fs as pafs
-
-    filesystem = getattr(checkpoint, "filesystem", None)
-    if filesystem is None or isinstance(filesystem, pafs.LocalFileSystem):
-        return Path(checkpoint.path) / name
-    with filesystem.open_input_stream(f"{checkpoint.path.rstrip('/')}/{name}") as f:
-        return io.BytesIO(f.read())
 
 
 @contextlib.contextmanager

@@ -135,7 +135,7 @@ def screen(
     base = Location.parse(storage) / stages.safe_name(space.name)
     state = PipelineState.load(base) if resume else None  # reads only
     if state is not None:
-        state.check_checkpoints()  # reads only: a bad checkpoint fails before any write
+        state.check_checkpoints(say)  # reads only: a bad checkpoint fails before any write
     uri = tracking_uri or tracking.default_tracking_uri()
     tracking.check_reachable(uri)
     with ray_session(address, resources=space.resources.model_dump()):

@@ -69,6 +69,29 @@ def _trials_at(folder: Path) -> dict[str, dict]:
             for t in experiment_trials(folder)}
 
 
+def _epoch_of(checkpoint: Path) -> int:
+    import torch
+
+    return torch.load(checkpoint / "trainer.pt", weights_only=True)["loop"]["epoch"]
+
+
+def _vanish_named_checkpoint(folder: Path) -> tuple[str, Path] | None:
+    """What a SIGKILL between Tune deleting a checkpoint and saving the experiment state
+    that names its successor leaves: the state names a folder that is gone (Tune refuses
+    to restore from it), the trial's other checkpoints are there. Done to one unfinished
+    trial, keeping only checkpoints with no more epochs than the named one (so MLflow has
+    every value the resumed trial will skip)."""
+    for trial_id, trial in _trials_at(folder).items():
+        if trial["status"] != "TERMINATED" and trial["checkpoint"] is not None:
+            named = Path(trial["checkpoint"])
+            for other in named.parent.glob("checkpoint_*"):
+                if other != named and _epoch_of(other) > _epoch_of(named):
+                    shutil.rmtree(other)
+            named.rename(named.with_name(f"{named.name}_kept"))
+            return trial_id, named
+    return None
+
+
 def _trial_run_ids(uri: str) -> dict[str, str]:
     _, runs = mlflow_runs(uri, "killme")
     return {r.data.tags["alrao_tune.trial_id"]: r.info.run_id for r in runs
@@ -114,6 +137,7 @@ def killed(ray_local, tmp_path_factory):
     ev["runs_at_kill2"] = _trial_run_ids(uri)
     shutil.copytree(storage, tmp / "copy" / "runs")  # for the corrupted-checkpoint test
     shutil.copyfile(tmp / "mlflow.db", tmp / "copy" / "mlflow.db")
+    ev["vanished"] = _vanish_named_checkpoint(s2())
 
     # 3. --resume to the end
     third = Screening([*args, "--resume"], tmp / "third.log")
@@ -189,6 +213,17 @@ def test_finished_trials_are_not_rerun_and_unfinished_continue(killed):
     # the third invocation did not run stage 1 again
     assert "[stage1] finished before the interruption" in killed["third_log"]
     assert "[stage2] resuming" in killed["third_log"]
+
+
+def test_a_checkpoint_tune_deleted_before_the_kill_is_put_back(killed):
+    if killed["vanished"] is None:
+        pytest.skip("no unfinished stage-2 trial had a checkpoint at the kill")
+    trial_id, named = killed["vanished"]
+    # announced before the restore, put back from the trial's other checkpoint, finished
+    assert f"trial {trial_id}: {named.name}, the checkpoint Tune's experiment state names, " \
+        "is gone" in killed["third_log"]
+    final = killed["stage2_final"][trial_id]
+    assert final["status"] == "TERMINATED" and final["last_result"]["epoch"] == EPOCHS
 
 
 def test_mlflow_has_one_finished_run_per_trial_after_resume(killed):
