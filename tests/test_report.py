@@ -168,3 +168,19 @@ def test_curve_area_and_momentum_proxies():
     assert fid.loc["alrao_val_plus_area", "tau_avg"] == 1.0
     assert fid.loc["alrao_momentum0.9", "tau_avg"] == 1.0
     assert fid.loc["alrao", "tau_avg"] == -1.0
+
+
+def test_pipeline_with_a_stage2_around_alraos_rate():
+    trials = compare_trials()
+    # Alrao's effective rate is 0.1: within 1 decade of it only the grid's 0.1 remains
+    near = report_compare.pipeline_vs_grid(trials, 0.0, k=1, window=1.0)
+    assert near["pick"] == "p" and near["regret_acc_points"] == pytest.approx(10.0)
+    assert near["share_of_grid"] == pytest.approx((16 + 20) / 80)
+    table = report_compare.pipelines(trials, 0.0).set_index(["stage2", "k"])
+    assert list(table.index) == [("whole grid", 1), ("whole grid", 2),
+                                 ("±1 decade of lr_eff", 1), ("±1 decade of lr_eff", 2)]
+    both = table.loc[("whole grid", 2)]
+    assert both["pick"] == "q" and both["regret_acc_points"] == pytest.approx(0.0)
+    assert both["share_of_grid"] == pytest.approx((16 + 80) / 80)
+    assert table.loc[("±1 decade of lr_eff", 2), "share_of_grid"] == pytest.approx(
+        (16 + 40) / 80)

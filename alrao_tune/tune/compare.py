@@ -115,6 +115,7 @@ def build_reports(trials: pd.DataFrame, space: SearchSpace) -> dict[float, dict[
             "noise_ceiling": ranking.noise_ceiling(truth["val_loss"]),
             "costs": report_compare.compute_costs(trials, m),
             "pipeline": report_compare.pipeline_vs_grid(trials, m, space.stage1.top_k),
+            "pipelines": report_compare.pipelines(trials, m),
             "lr_agreement": report_compare.lr_agreement(trials, m),
         }
     return reports
@@ -303,7 +304,8 @@ def markdown(rep: dict[str, Any]) -> str:
              rep["fidelity"].to_markdown(index=False, floatfmt=".3f"),
              f"\n\nNoise ceiling (truth's own seed-to-seed Kendall τ): {rep['noise_ceiling']}\n",
              "\n### Compute\n", rep["costs"].to_markdown(index=False, floatfmt=".3g"),
-             f"\n\nTwo-stage pipeline vs grid: {rep['pipeline']}\n",
+             f"\n\nTwo-stage pipeline vs grid: {rep['pipeline']}\n\n",
+             rep["pipelines"].to_markdown(index=False, floatfmt=".3g"), "\n",
              "\n### Alrao effective learning rate vs the grid's best\n",
              rep["lr_agreement"].to_markdown(index=False, floatfmt=".3g"), "\n"]
     return "".join(parts)
