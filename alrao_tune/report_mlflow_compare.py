@@ -23,7 +23,7 @@ from alrao_tune.report_mlflow import NoResultsError, _artifact, _frame
 if TYPE_CHECKING:
     from mlflow import MlflowClient
 
-COMPARE_TABLES = ("table1", "fidelity", "costs", "lr_agreement")
+COMPARE_TABLES = ("table1", "fidelity", "costs", "pipelines", "lr_agreement")
 
 
 @dataclass
@@ -58,7 +58,8 @@ def compare_momenta(data: CompareData) -> list[str]:
 
 
 def compare_table(data: CompareData, momentum: str, name: str) -> pd.DataFrame:
-    """One table of the report: ``table1``, ``fidelity``, ``costs`` or ``lr_agreement``."""
+    """One table of the report: ``table1``, ``fidelity``, ``costs``, ``pipelines`` (empty for
+    a comparison made before it existed) or ``lr_agreement``."""
     if name not in COMPARE_TABLES:
         raise ValueError(f"name must be one of {COMPARE_TABLES}, but got {name=}.")
     return _frame(data.report["by_momentum"][momentum].get(name, []))

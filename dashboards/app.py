@@ -216,6 +216,11 @@ def compare_tab(uri: str, exp_id: str, ui: str) -> None:
                  f"{_fmt(100 * share if isinstance(share, float) else None, '.0f')} % of the "
                  "grid's trial-seconds.")
     st.dataframe(rc.compare_table(data, momentum, "costs"), hide_index=True)
+    pipes = rc.compare_table(data, momentum, "pipelines")
+    if len(pipes):
+        st.caption("The pipeline for other k, with stage 2 on the whole grid or only on the "
+                   "rates within a decade of Alrao's effective rate")
+        st.dataframe(pipes, hide_index=True)
     _link(ui, data.experiment_id, run_id, "open the compare run in MLflow")
 
 

@@ -275,3 +275,5 @@ def test_compare_views(store, client):
     agree = rc.rank_agreement(data, "0.0")
     assert (agree["tau"], agree["rho"]) == (fidelity["tau_avg"], fidelity["rho_avg"])
     assert rc.compute_saved(data, "0.0") == report["pipeline"]
+    pipes = rc.compare_table(data, "0.0", "pipelines")
+    assert pipes.to_dict("records") == report["pipelines"] and len(pipes) == 6
