@@ -200,6 +200,9 @@ class Stage2(_Model):
     sampler: Literal["tpe", "random"] = "tpe"
     seed: int = 0
     seed_with_alrao: bool = True
+    # search only within this many decades of the architecture's Alrao effective rate
+    # (inside lr.low..lr.high); null: the whole lr range
+    lr_window: float | None = Field(None, gt=0)
     metric: Literal["val_loss", "val_acc"] = "val_loss"
 
     @model_validator(mode="after")

@@ -245,8 +245,14 @@ class _Pipeline:
         lr_eff = dict(zip(s1["arch"], s1["lr_eff"]))
         metric, mode = f"best_{s2.metric}", space.stage2_mode
         first = {n: stages.seed_point(space, float(lr_eff.get(n, math.nan))) for n in chosen}
+        ranges = {n: stages.lr_bounds(space, float(lr_eff.get(n, math.nan))) for n in chosen}
+        if s2.lr_window is not None:
+            self.say("  lr ranges (within {:g} decade(s) of Alrao's rate): {}".format(
+                s2.lr_window, ", ".join(f"{n} {lo:.2g}..{hi:.2g}"
+                                        for n, (lo, hi) in ranges.items())))
         searcher = PerArchSearch(
-            {n: stages.stage2_searcher(space, metric, mode, first[n]) for n in chosen},
+            {n: stages.stage2_searcher(space, metric, mode, first[n], ranges[n])
+             for n in chosen},
             {n: stages.stage2_param_space(space, by_name[n]) for n in chosen},
             budget=s2.trials_per_arch, metric=metric, mode=mode)
         job = TuneJob(

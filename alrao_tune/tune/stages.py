@@ -89,14 +89,28 @@ def seed_point(space: SearchSpace, lr_eff: float) -> float | None:
     return float(min(max(lr_eff, s2.lr.low), s2.lr.high))
 
 
-def stage2_searcher(space: SearchSpace, metric: str, mode: str, first_lr: float | None) -> Any:
-    """OptunaSearch over lr (log) and the opened momentum / weight decay ranges."""
+def lr_bounds(space: SearchSpace, lr_eff: float) -> tuple[float, float]:
+    """Stage 2's learning-rate range for one architecture: ``stage2.lr``, or with
+    ``stage2.lr_window`` = w the rates within w decades of Alrao's effective rate (clipped
+    into ``stage2.lr``; the whole range when the rate is unusable)."""
+    s2 = space.stage2
+    low, high = s2.lr.low, s2.lr.high
+    if s2.lr_window is None or not (math.isfinite(lr_eff) and lr_eff > 0):
+        return low, high
+    centre = min(max(lr_eff, low), high)
+    return max(low, centre / 10**s2.lr_window), min(high, centre * 10**s2.lr_window)
+
+
+def stage2_searcher(space: SearchSpace, metric: str, mode: str, first_lr: float | None,
+                    lr_range: tuple[float, float] | None = None) -> Any:
+    """OptunaSearch over lr (log; ``lr_range`` or ``stage2.lr``) and the opened momentum /
+    weight decay ranges."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     s2 = space.stage2
-    dists: dict[str, Any] = {"lr": optuna.distributions.FloatDistribution(
-        s2.lr.low, s2.lr.high, log=True)}
+    low, high = lr_range or (s2.lr.low, s2.lr.high)
+    dists: dict[str, Any] = {"lr": optuna.distributions.FloatDistribution(low, high, log=True)}
     for key in ("momentum", "weight_decay"):
         value = getattr(s2, key)
         if not isinstance(value, (int, float)):

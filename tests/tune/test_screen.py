@@ -49,8 +49,9 @@ def screened(ray_local, tmp_path_factory):
     tmp = tmp_path_factory.mktemp("screen")
     uri = f"sqlite:///{tmp}/mlflow.db"
     space = write_space(tmp, TINY)
+    # stage 2 searches within half a decade of each architecture's Alrao rate
     code = main(["screen", str(space), "--tracking-uri", uri, "--storage", str(tmp / "runs"),
-                 "--output", str(tmp / "out"), "--json"])
+                 "--output", str(tmp / "out"), "--json", "--set", "stage2.lr_window=0.5"])
     assert code == 0
     return uri, tmp / "out", json.loads((tmp / "out" / "results.json").read_text())
 
@@ -61,6 +62,12 @@ def test_stage2_tunes_only_the_top_k(screened):
     assert sorted({t["arch"] for t in results["stage2_trials"]}) == sorted(top)
     # every top-k architecture got exactly trials_per_arch Optuna trials
     assert len(results["stage2_trials"]) == 2 * 2
+    # ... at rates within stage2.lr_window decades of its Alrao rate (clipped to lr.low..high)
+    lr_eff = {r["arch"]: r["lr_eff"] for r in results["stage1"]}
+    for t in results["stage2_trials"]:
+        centre = min(max(lr_eff[t["arch"]], 1e-3), 1.0)
+        assert max(1e-3, centre / 10**0.5) * (1 - 1e-9) <= t["lr"] \
+            <= min(1.0, centre * 10**0.5) * (1 + 1e-9)
 
 
 def test_mlflow_holds_pipeline_stage_trial_hierarchy(screened):
