@@ -92,6 +92,10 @@ def lr_curves(curves: pd.DataFrame, path: Path, columns: int = 4) -> Path:
                 ax.plot(finite["epoch"], finite["val_loss"], color=colour, lw=1.0,
                         label=f"SGD {lr:.0e}")
         ax.set_yscale("log")
+        first = mine.loc[mine["epoch"] == mine["epoch"].min(), "val_loss"]
+        first = first[first.abs() < float("inf")]
+        if len(first):  # a run blowing up (finite but huge) would flatten the rest
+            ax.set_ylim(top=3 * float(first.median()))
         ax.set_title(arch, fontsize=8)
         ax.tick_params(labelsize=6)
     for ax in list(axes.flat)[len(archs):]:
