@@ -11,7 +11,7 @@ import io
 import json
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -34,6 +34,9 @@ class CompareData:
     experiment_id: str
     report: dict[str, Any]
     trials: pd.DataFrame
+    # per-epoch validation loss, first seed (``report_compare.curves_data``; empty for a
+    # comparison made before ``curves.csv`` was logged)
+    curves: pd.DataFrame = field(default_factory=lambda: report_compare.curves_data([]))
 
 
 def load_compare(client: MlflowClient, run_id: str) -> CompareData:
@@ -49,7 +52,23 @@ def load_compare(client: MlflowClient, run_id: str) -> CompareData:
         raise NoResultsError(f"compare run {run_id} ({run.info.status}) has no compare.json/"
                              "trials.csv: it failed or is still running; see the MLflow UI.")
     trials = pd.read_csv(io.StringIO(csv), keep_default_na=False, na_values=[""])
-    return CompareData(run_id, run.info.experiment_id, json.loads(text), trials)
+    curves = _artifact(client, run_id, "curves.csv")
+    return CompareData(run_id, run.info.experiment_id, json.loads(text), trials,
+                       pd.read_csv(io.StringIO(curves)) if curves else
+                       report_compare.curves_data([]))
+
+
+def compare_curves(data: CompareData, momentum: str, arch: str) -> pd.DataFrame:
+    """The paper's Figure 2 for one architecture: validation loss per epoch of SGD at every
+    grid rate (the truth of ``momentum``) and of Alrao, first seed; columns ``epoch,
+    val_loss, run`` (``run``: ``SGD lr=0.1`` or ``Alrao``), non-finite losses dropped."""
+    c = data.curves
+    mine = c[(c["arch"] == arch) & c["proxy"].isin(["alrao", f"sgd_m{float(momentum):g}"])]
+    mine = mine[np.isfinite(mine["val_loss"].astype(float))]
+    run = ["Alrao" if p == "alrao" else f"SGD lr={lr:g}" for p, lr in zip(mine["proxy"],
+                                                                       mine["lr"])]
+    return (mine.assign(run=run)[["epoch", "val_loss", "run"]]
+            .sort_values(["run", "epoch"], kind="stable").reset_index(drop=True))
 
 
 def compare_momenta(data: CompareData) -> list[str]:

@@ -203,6 +203,16 @@ def compare_tab(uri: str, exp_id: str, ui: str) -> None:
     if len(finite) < len(scatter):
         st.caption("Not drawn (diverged): " + ", ".join(scatter.loc[~scatter["finite"],
                                                                     "arch"]))
+    if len(data.curves):
+        st.subheader("Learning curves at every grid rate (the paper's Figure 2)")
+        arch = st.selectbox("Architecture", sorted(data.curves["arch"].unique()),
+                            key="curves_arch")
+        curves = rc.compare_curves(data, momentum, arch)
+        st.altair_chart(alt.Chart(curves).mark_line().encode(
+            x=alt.X("epoch:Q"), y=alt.Y("val_loss:Q", title="validation loss (first seed)",
+                                         scale=alt.Scale(type="log")),
+            color=alt.Color("run:N"), tooltip=["run", "epoch", "val_loss"]),
+            key="compare_curves")
     st.subheader("Table 1")
     st.dataframe(rc.compare_table(data, momentum, "table1"), hide_index=True,
                  column_config=NUMBER)

@@ -12,9 +12,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from alrao_tune import report_compare, tracking
 from alrao_tune import report_mlflow as rm
 from alrao_tune import report_mlflow_compare as rc
-from alrao_tune import tracking
 from tests.tune.test_screen import TINY
 
 SPACE = {**TINY, "name": "dash"}
@@ -95,7 +95,14 @@ def _log_compare(uri: str, experiment_id: str, space_path: Path) -> tuple[str, d
     tree = tracking.RunTree(uri, experiment_id)
     parent = tree.start(f"compare {space.name}", tags={rm.KIND_TAG: "compare"})
     trials = compare_trials_frame()
-    result = CompareResult(space.name, trials, build_reports(trials, space), {"compare": parent})
+    curves = report_compare.curves_data(
+        [{"arch": "mlp-4", "proxy": "sgd_m0", "lr": 0.1, "epoch": e, "val_loss": v}
+         for e, v in ((1, 0.9), (2, 0.5))]
+        + [{"arch": "mlp-4", "proxy": "sgd_m0", "lr": 1.0, "epoch": 1, "val_loss": math.inf},
+           {"arch": "mlp-4", "proxy": "alrao", "lr": math.nan, "epoch": 1, "val_loss": 0.7},
+           {"arch": "mlp-16", "proxy": "alrao", "lr": math.nan, "epoch": 1, "val_loss": 0.6}])
+    result = CompareResult(space.name, trials, build_reports(trials, space), {"compare": parent},
+                           curves=curves)
     _log(tree, parent, result)
     tree.end(parent)
     return parent, json.loads(json.dumps(result.to_json())), trials
@@ -275,5 +282,9 @@ def test_compare_views(store, client):
     agree = rc.rank_agreement(data, "0.0")
     assert (agree["tau"], agree["rho"]) == (fidelity["tau_avg"], fidelity["rho_avg"])
     assert rc.compute_saved(data, "0.0") == report["pipeline"]
+    # Figure 2 of one architecture, from the logged curves.csv (the diverged point dropped)
+    assert rc.compare_curves(data, "0.0", "mlp-4").to_dict("list") == {
+        "epoch": [1, 1, 2], "val_loss": [0.7, 0.9, 0.5],
+        "run": ["Alrao", "SGD lr=0.1", "SGD lr=0.1"]}
     pipes = rc.compare_table(data, "0.0", "pipelines")
     assert pipes.to_dict("records") == report["pipelines"] and len(pipes) == 6

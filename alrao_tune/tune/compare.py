@@ -283,6 +283,7 @@ def _name(trial: Any) -> str:
 
 def _log(tree: Any, run_id: str, result: CompareResult) -> None:
     tree.log_text(run_id, result.trials.to_csv(index=False), "trials.csv")
+    tree.log_text(run_id, result.curves.to_csv(index=False), "curves.csv")
     tree.log_dict(run_id, result.to_json(), "compare.json")
     for m, rep in result.reports.items():
         tree.log_text(run_id, markdown(rep), f"report-momentum{m}.md")
