@@ -408,6 +408,8 @@ ERRORS = [
     ({"compare": {"lr_grid": [0.1, -1.0]}}, "compare.lr_grid[1]", "learning rates must be > 0"),
     ({"compare": {"momentum": [0.0, 1.0]}}, "compare.momentum[1]", r"in \[0, 1\)"),
     ({"compare": {"alrao_momentum": [-0.5]}}, "compare.alrao_momentum[0]", r"in \[0, 1\)"),
+    ({"compare": {"alrao_ranges": [[1.0, 0.1]]}}, "compare.alrao_ranges[0]",
+     "0 < lr_min < lr_max"),
     ({"compare": {"min_epochs": 21}}, "compare.min_epochs", r"<= training.epochs \(20\)"),
     ({"resources": {"cpu": 0}}, "resources.cpu", "greater than 0"),
     ({"resources": {"gpu": -1}}, "resources.gpu", "greater than or equal to 0"),

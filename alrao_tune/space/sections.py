@@ -233,6 +233,8 @@ class Compare(_Model):
     lr_find: bool = True  # proxy: LR range test, then one SGD run with 1cycle at its suggestion
     alrao_auto_range: bool = True  # proxy: Alrao with its interval chosen by an LR range test
     alrao_momentum: list[float] = Field(default_factory=list)  # proxies: Alrao-SGD with momentum
+    # proxies: Alrao on other intervals [lr_min, lr_max] (the paper's Fig. 3 question)
+    alrao_ranges: list[list[float]] = Field(default_factory=list)
 
     @field_validator("seeds", mode="before")
     @classmethod
@@ -247,6 +249,15 @@ class Compare(_Model):
                 raise _Invalid(f"[{i}]", v, "learning rates must be > 0")
             if info.field_name != "lr_grid" and not 0 <= v < 1:
                 raise _Invalid(f"[{i}]", v, "momentum must be in [0, 1)")
+        return values
+
+    @field_validator("alrao_ranges")
+    @classmethod
+    def _ranges(cls, values: list[list[float]]) -> list[list[float]]:
+        for i, pair in enumerate(values):
+            if len(pair) != 2 or not 0 < pair[0] < pair[1]:
+                raise _Invalid(f"[{i}]", pair, "must be [lr_min, lr_max] with "
+                               "0 < lr_min < lr_max")
         return values
 
     def lr_values(self) -> list[float]:

@@ -68,6 +68,8 @@ def compare_trials(space: SearchSpace, seeds: Sequence[int]) -> list[dict[str, A
             trials.append(trial("alrao", "alrao"))
             trials += [trial(f"alrao_momentum{m:g}", "alrao", momentum=m)
                        for m in c.alrao_momentum]
+            trials += [trial(f"alrao_range{lo:g}-{hi:g}", "alrao", lr_min=lo, lr_max=hi)
+                       for lo, hi in c.alrao_ranges]
             if c.alrao_auto_range:
                 trials.append(trial("alrao_auto", "alrao", lr_find="alrao_range"))
             if c.lr_find:

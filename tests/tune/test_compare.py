@@ -21,7 +21,7 @@ SPACE = {
     "stage1": {"top_k": 1},
     # lr 1000 makes plain SGD diverge on these nets: a diverged grid point
     "compare": {"lr_grid": [0.1, 1000.0], "seeds": 1, "alrao_auto_range": False,
-                "alrao_momentum": [0.9]},
+                "alrao_momentum": [0.9], "alrao_ranges": [[0.01, 1.0]]},
 }
 
 
@@ -45,7 +45,7 @@ def test_compare_writes_table_report_and_figure(compared):
     proxies = {r["proxy"] for r in report["fidelity"]}
     assert {"alrao", "alrao_best_head", "adam", "lrfind_1cycle", "sgd_default",
             "param_count", "ensemble_alrao_adam", "alrao_momentum0.9", "alrao_train_area",
-            "alrao_val_plus_area"} <= proxies
+            "alrao_val_plus_area", "alrao_range0.01-1"} <= proxies
     assert (out / "report-momentum0.0.md").read_text().startswith("### Table 1")
     assert (out / "scatter-momentum0.0.png").stat().st_size > 1000
     # Figure 2: per-epoch validation loss of every grid rate and of Alrao, read from MLflow
@@ -85,8 +85,8 @@ def test_every_run_is_in_mlflow_under_the_compare_run(compared):
     parent = result["run_ids"]["compare"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
     # 2 archs x (2 grid rates + default-rate SGD + Adam + Alrao + Alrao with momentum
-    # + range-test 1cycle)
-    assert len(children) == 2 * 7
+    # + Alrao on [0.01, 1] + range-test 1cycle)
+    assert len(children) == 2 * 8
     assert {r.info.status for r in runs} == {"FINISHED"}
     parent_run = next(r for r in runs if r.info.run_id == parent)
     assert "tau_avg/alrao" in parent_run.data.metrics
@@ -112,7 +112,7 @@ def test_killed_comparison_resumes_without_rerunning_finished_runs(ray_local, tm
 
     # runs of a few seconds each, so that the kill lands while some are still running
     space = {**SPACE, "name": "killcmp", "training": {**TINY["training"], "epochs": 10},
-             "compare": {**SPACE["compare"], "alrao_momentum": []},
+             "compare": {**SPACE["compare"], "alrao_momentum": [], "alrao_ranges": []},
              "dataset": {"name": "blobs", "options": {"n_train": 3000, "n_features": 6,
                                                       "n_classes": 3}}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
