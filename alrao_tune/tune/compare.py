@@ -31,7 +31,13 @@ from alrao_tune import ranking, report_compare
 from alrao_tune.space import SearchSpace, load_space
 from alrao_tune.tune import stages
 from alrao_tune.tune.preflight import preflight
-from alrao_tune.tune.resume import ResumeError, announce_resume, resumed_frame
+from alrao_tune.tune.resume import (
+    ResumeError,
+    announce_resume,
+    check_same_settings,
+    resumed_frame,
+    settings_fingerprint,
+)
 from alrao_tune.tune.runner import TuneJob, run_job, trials_frame
 from alrao_tune.tune.screen import Progress, _clean, _ProgressCallback
 from alrao_tune.tune.storage import Location
@@ -152,6 +158,10 @@ def compare(
     base = Location.parse(storage) / stages.safe_name(space.name)
     root, state = (_resumable(base, say) if resume
                    else (base / f"compare-{time.strftime('%Y%m%d-%H%M%S')}", {}))
+    settings = settings_fingerprint(configs)
+    if resume:
+        check_same_settings(state.get("settings"), settings, root)
+    state["settings"] = settings
     uri = tracking_uri or tracking.default_tracking_uri()
     tracking.check_reachable(uri)
     with ray_session(address, resources=space.resources.model_dump()):
@@ -176,7 +186,7 @@ def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, A
         parent = tree.start(f"compare {space.name}", params={
             "seeds": seed_list, "n_runs": len(configs), "n_architectures": n_archs},
             tags={"alrao_tune.kind": "compare"})
-    _write_state(root, {"run_id": parent, "status": "RUNNING"})
+    _write_state(root, {"run_id": parent, "status": "RUNNING", "settings": state["settings"]})
     status, t0 = "FAILED", time.perf_counter()
     try:
         from ray import tune
@@ -207,7 +217,8 @@ def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, A
         raise
     finally:
         tree.end(parent, status)
-        _write_state(root, {"run_id": parent, "status": status})
+        _write_state(root, {"run_id": parent, "status": status,
+                            "settings": state["settings"]})
 
 
 def _min_epochs(space: SearchSpace) -> int:

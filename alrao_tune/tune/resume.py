@@ -105,6 +105,26 @@ class ResumeError(RuntimeError):
     """``--resume`` found nothing (or nothing readable) to resume."""
 
 
+def settings_fingerprint(settings: Any) -> str:
+    """A short digest of what a job was started with (the resolved space, or the trial
+    configs), stored in its state file: ``--resume`` with other settings (another space
+    file, other ``--set`` flags) would hand Tune a different experiment."""
+    import hashlib
+
+    text = json.dumps(settings, sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def check_same_settings(saved: str | None, now: str, where: Any) -> None:
+    """Raises ResumeError when the job at ``where`` was started with other settings
+    (``saved`` None: a state file written before fingerprints, not checked)."""
+    if saved is not None and saved != now:
+        raise ResumeError(
+            f"cannot resume {where}: it was started with other settings (space file or "
+            "--set flags) than this command's; resume with the same ones, or run without "
+            "--resume to start anew.")
+
+
 class PipelineState:
     """``<root>/pipeline.json``: the MLflow run ids of an invocation, which stages
     finished (with their timings) and its status, for ``--resume``."""
@@ -139,15 +159,17 @@ class PipelineState:
         return state
 
     @classmethod
-    def create(cls, base: Location) -> PipelineState:
-        """A fresh invocation's folder ``<base>/<timestamp>``, named in ``<base>/LATEST``."""
+    def create(cls, base: Location, settings: str | None = None) -> PipelineState:
+        """A fresh invocation's folder ``<base>/<timestamp>``, named in ``<base>/LATEST``;
+        ``settings``: its :func:`settings_fingerprint`."""
         stamp = time.strftime("%Y%m%d-%H%M%S")
         root, n = base / stamp, 1
         while root.exists():
             root, n = base / f"{stamp}-{n}", n + 1
         root.mkdir()
         (base / "LATEST").write_text(root.name)
-        state = cls(root, {"status": "RUNNING", "run_ids": {}, "done": {}})
+        state = cls(root, {"status": "RUNNING", "run_ids": {}, "done": {},
+                           "settings": settings})
         state._write()
         return state
 

@@ -48,8 +48,10 @@ from alrao_tune.tune.preflight import preflight
 from alrao_tune.tune.resume import (
     PipelineState,
     announce_resume,
+    check_same_settings,
     reconcile_runs,
     resumed_frame,
+    settings_fingerprint,
     trial_runs,
 )
 from alrao_tune.tune.runner import (
@@ -134,14 +136,16 @@ def screen(
     faults = _faults(archs)
     base = Location.parse(storage) / stages.safe_name(space.name)
     state = PipelineState.load(base) if resume else None  # reads only
+    settings = settings_fingerprint(space.model_dump(mode="json"))
     if state is not None:
+        check_same_settings(state.data.get("settings"), settings, state.root)
         state.check_checkpoints(say)  # reads only: a bad checkpoint fails before any write
     uri = tracking_uri or tracking.default_tracking_uri()
     tracking.check_reachable(uri)
     with ray_session(address, resources=space.resources.model_dump()):
         experiment_id = tracking.prepare_store(uri, space.name)
         tree = tracking.RunTree(uri, experiment_id)
-        pipe = _Pipeline(space, archs, tree, base, say, state, faults)
+        pipe = _Pipeline(space, archs, tree, base, say, state, faults, settings)
         result = pipe.run()
     result.tracking_uri = uri
     if output is not None:
@@ -154,10 +158,10 @@ class _Pipeline:
 
     def __init__(self, space: SearchSpace, archs: list[dict[str, Any]], tree: Any,
                  base: Location, say: Progress, state: PipelineState | None = None,
-                 faults: dict[str, str] | None = None) -> None:
+                 faults: dict[str, str] | None = None, settings: str | None = None) -> None:
         self.space, self.archs, self.tree, self.say = space, archs, tree, say
         self.resume = state is not None
-        self.state = state if state is not None else PipelineState.create(base)
+        self.state = state if state is not None else PipelineState.create(base, settings)
         self.faults = faults or {}
         self.run_ids: dict[str, str] = {}
         self.open_runs: list[str] = []

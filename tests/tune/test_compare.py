@@ -104,6 +104,29 @@ def test_resume_of_a_finished_comparison_exits_2_and_writes_nothing(compared, tm
     assert len(runs_of(uri)[1]) == len(before)
 
 
+def test_resume_with_other_settings_exits_2_and_writes_nothing(compared, tmp_path, capsys):
+    """A comparison is resumed only with the settings it was started with: other ``--set``
+    flags would hand Tune another list of runs."""
+    import shutil
+
+    uri, out, _ = compared
+    shutil.copytree(out.parent / "runs", tmp_path / "runs")
+    shutil.copyfile(out.parent / "mlflow.db", tmp_path / "mlflow.db")
+    state_file = next((tmp_path / "runs").glob("tinycmp/compare-*/compare.json"))
+    state = json.loads(state_file.read_text())
+    assert state["settings"]  # the fingerprint of the runs it was started with
+    state_file.write_text(json.dumps({**state, "status": "RUNNING"}))  # as if interrupted
+    files = sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "runs").rglob("*"))
+    db = (tmp_path / "mlflow.db").read_bytes()
+    code = main(["compare", str(out.parent / "space.yaml"), "--tracking-uri",
+                 f"sqlite:///{tmp_path}/mlflow.db", "--storage", str(tmp_path / "runs"),
+                 "--resume", "--set", "compare.adam=false"])
+    assert code == 2
+    assert "started with other settings" in capsys.readouterr().err
+    assert sorted((p, p.stat().st_mtime_ns) for p in (tmp_path / "runs").rglob("*")) == files
+    assert (tmp_path / "mlflow.db").read_bytes() == db
+
+
 def test_killed_comparison_resumes_without_rerunning_finished_runs(ray_local, tmp_path):
     """SIGKILL to ``alrao-tune compare`` once some runs ended; ``--resume`` finishes it:
     the runs that had ended are not run again, and MLflow holds one ended run per trial

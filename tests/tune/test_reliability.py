@@ -283,6 +283,17 @@ def test_resume_with_a_corrupted_checkpoint_exits_2_and_writes_nothing(killed, c
     assert snapshot(copy) == files and (copy / "mlflow.db").read_bytes() == db
 
 
+def test_resume_with_other_settings_exits_2_and_writes_nothing(killed, capsys):
+    copy = killed["tmp"] / "copy"
+    files, db = snapshot(copy), (copy / "mlflow.db").read_bytes()
+    code = main(["screen", str(killed["space"]), "--resume", "--tracking-uri",
+                 f"sqlite:///{copy}/mlflow.db", "--storage", str(copy / "runs"),
+                 "--set", "stage2.trials_per_arch=5"])
+    err = capsys.readouterr().err
+    assert code == 2 and "started with other settings" in err and err.count("\n") == 1
+    assert snapshot(copy) == files and (copy / "mlflow.db").read_bytes() == db
+
+
 def test_resume_of_a_finished_screening_exits_2_and_writes_nothing(killed, capsys):
     tmp = killed["tmp"]
     files, db = snapshot(killed["storage"]), (tmp / "mlflow.db").read_bytes()
