@@ -87,9 +87,10 @@ def proxy_tables(trials: pd.DataFrame, *, default_lr: float, momentum: float) ->
     if len(alrao):
         out["alrao_best_head"] = _table(alrao, _loss(alrao, "best_best_head_val_loss"))
         if "train_area" in alrao and alrao["train_area"].notna().any():
-            area = alrao["train_area"].where(np.isfinite(_loss(alrao)), math.inf)
-            out["alrao_train_area"] = _table(alrao, area.fillna(math.inf))
-            out["alrao_val_plus_area"] = _table(alrao, _loss(alrao) + area.fillna(math.inf))
+            area = alrao["train_area"].where(np.isfinite(_loss(alrao)), math.inf).fillna(
+                math.inf)
+            out["alrao_train_area"] = _table(alrao, area)
+            out["alrao_val_plus_area"] = _table(alrao, _loss(alrao) + area)
     if "sgd_default" not in out:
         grid = grid_rows(trials, momentum)
         rows = grid[np.isclose(grid["lr"], default_lr)]
@@ -149,6 +150,11 @@ def _geo(values: pd.Series) -> float:
     return float(math.exp(sum(math.log(x) for x in v) / len(v))) if v else math.nan
 
 
+def alrao_rates(trials: pd.DataFrame) -> pd.Series:
+    """Alrao's effective learning rate per architecture (geometric mean over seeds)."""
+    return trials[trials["proxy"] == "alrao"].groupby("arch")["lr_eff"].apply(_geo)
+
+
 def compute_costs(trials: pd.DataFrame, momentum: float) -> pd.DataFrame:
     """Trial-seconds and epochs of each proxy vs the full grid (for one momentum)."""
     grid = grid_rows(trials, momentum)
@@ -184,8 +190,7 @@ def pipeline_vs_grid(trials: pd.DataFrame, momentum: float, k: int,
     grid = grid_rows(trials, momentum)
     stage2 = grid[grid["arch"].isin(chosen)]
     if window is not None:
-        eff = trials[trials["proxy"] == "alrao"].groupby("arch")["lr_eff"].apply(_geo)
-        centre = np.log10(stage2["arch"].map(eff).astype(float))
+        centre = np.log10(stage2["arch"].map(alrao_rates(trials)).astype(float))
         stage2 = stage2[(np.log10(stage2["lr"].astype(float)) - centre).abs() <= window + 1e-9]
     found = truth_tables(stage2, momentum) if len(stage2) else None
     if found is None or not len(found["val_loss"]):
@@ -223,7 +228,7 @@ def pipelines(trials: pd.DataFrame, momentum: float, ks: Sequence[int] = (1, 2, 
 def lr_agreement(trials: pd.DataFrame, momentum: float) -> pd.DataFrame:
     """How far Alrao's effective rate lands from the grid's best rate (in decades)."""
     truth = truth_tables(trials, momentum)
-    alrao = trials[trials["proxy"] == "alrao"].groupby("arch")["lr_eff"].apply(_geo)
+    alrao = alrao_rates(trials)
     rows = []
     for arch in truth["best_lr"].index:
         best = _geo(truth["best_lr"].loc[arch])

@@ -47,10 +47,8 @@ STATE_FILE = "compare.json"  # in the comparison's folder: its MLflow run and st
 
 def _trial(space: SearchSpace, arch: dict[str, Any], seed: int, proxy: str, method: str,
            *, lr_find: str | None = None, **train: Any) -> dict[str, Any]:
-    c = space.compare
     cfg = stages.train_config(space, arch, method=method, seed=seed)
-    cfg.update(min_epochs=c.min_epochs if c.min_epochs is not None else space.training.min_epochs,
-               **train)
+    cfg.update(min_epochs=_min_epochs(space), **train)
     out = {"stage": "compare", "proxy": proxy, "arch_name": arch["name"], "train": cfg}
     return {**out, "lr_find": lr_find} if lr_find else out
 
@@ -222,6 +220,7 @@ def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, A
 
 
 def _min_epochs(space: SearchSpace) -> int:
+    """The compare's minimum epochs before early stopping (default: training's)."""
     c = space.compare
     return c.min_epochs if c.min_epochs is not None else space.training.min_epochs
 
