@@ -1,4 +1,5 @@
-"""Tests of alrao_tune.ranking: hand-computed rank statistics, ties, failures, bootstrap."""
+"""Tests of alrao_tune.ranking and alrao_tune.fidelity: hand-computed rank statistics, ties,
+failures, bootstrap."""
 
 from __future__ import annotations
 
@@ -9,13 +10,15 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from alrao_tune.ranking import (
+from alrao_tune.fidelity import (
     FIDELITY_COLUMNS,
     _tau_rho_fast,
     bootstrap_ci,
     fidelity,
-    kendall_tau,
     noise_ceiling,
+)
+from alrao_tune.ranking import (
+    kendall_tau,
     rank_ensemble,
     regret,
     seed_average,

@@ -7,7 +7,7 @@ import math
 import pandas as pd
 import pytest
 
-from alrao_tune import ranking, report, report_compare
+from alrao_tune import fidelity, report, report_compare
 
 
 def stage1_trials() -> pd.DataFrame:
@@ -161,7 +161,7 @@ def test_curve_area_and_momentum_proxies():
     assert tables["alrao_train_area"][0].to_dict() == {"p": 0.6, "q": 0.2}
     assert tables["alrao_val_plus_area"][0].to_dict() == pytest.approx({"p": 0.85, "q": 0.55})
     assert tables["alrao_momentum0.9"][1].to_dict() == {"p": 0.4, "q": 0.3}
-    fid = ranking.fidelity(tables, report_compare.truth_tables(trials, 0.0)["val_loss"],
+    fid = fidelity.fidelity(tables, report_compare.truth_tables(trials, 0.0)["val_loss"],
                            report_compare.truth_tables(trials, 0.0)["test_acc"], k=1,
                            mode="min", metric_mode="max").set_index("proxy")
     # the truth ranks q first: the area-aware score and momentum-Alrao agree, Alrao does not

@@ -353,6 +353,52 @@ def test_resumed_run_skips_values_stored_before_a_lagging_last_step_tag(tmp_path
     assert run.data.tags["alrao_tune.replayed_results"] == "1"
 
 
+def test_resume_from_a_newer_checkpoint_backfills_the_epochs_mlflow_lacks(
+        tmp_path: Path) -> None:
+    """A SIGKILL just after Tune deleted the checkpoint its saved state names (epoch 2):
+    the resumed trial continues from its epoch-4 checkpoint, so epochs 3 and 4 are never
+    reported again. Their values come from the records in the first result after the
+    restore, each once; the epochs MLflow has are not written twice."""
+    from ray.tune.experiment import Trial
+
+    from alrao_tune.tracking import RunTree, prepare_store
+    from alrao_tune.tune.mlflow_callback import BACKFILLED_TAG, MLflowTrialCallback
+    from alrao_tune.tune.trainable import RESTORED_KEY
+
+    uri = f"sqlite:///{tmp_path}/m.db"
+    tree = RunTree(uri, prepare_store(uri, "gap"))
+    stage = tree.start("stage")
+    trial = Trial("fn", config={"a": 1}, trial_id="t1", stub=True)
+
+    def record(epoch):
+        return {"epoch": epoch, "val_loss": 1.0 / epoch, "status": "running",
+                "step_metrics": {"posterior/head0": [[10 * epoch, 0.1 * epoch]]}}
+
+    first = MLflowTrialCallback(tree, stage, background=False)
+    for epoch in (1, 2):
+        first.on_trial_result(0, [trial], trial, {**record(epoch), "time_total_s": 1.0 * epoch})
+        first.get_state()
+    run_id = first.run_ids["t1"]
+    second = MLflowTrialCallback(tree, stage, background=False)
+    restored = [record(e) for e in (1, 2, 3, 4)]
+    second.on_trial_result(0, [trial], trial, {**record(5), "time_total_s": 9.0,
+                                              "time_this_iter_s": 2.0, RESTORED_KEY: restored})
+    second.on_trial_complete(0, [trial], trial)
+    client = tree.client
+    history = {key: {m.step: m.value for m in client.get_metric_history(run_id, key)}
+               for key in ("val_loss", "time_total_s", "epoch", "posterior/head0")}
+    assert history["val_loss"] == {e: 1.0 / e for e in range(1, 6)}
+    assert history["epoch"] == {e: float(e) for e in range(1, 6)}
+    assert history["posterior/head0"] == pytest.approx({10 * e: 0.1 * e for e in range(1, 6)})
+    # the backfilled epochs carry the trial's time at the restore (9 - 2 s)
+    assert history["time_total_s"] == {1: 1.0, 2: 2.0, 3: 7.0, 4: 7.0, 5: 9.0}
+    for key in ("val_loss", "epoch"):
+        assert len(client.get_metric_history(run_id, key)) == 5, key
+    run = client.get_run(run_id)
+    assert run.data.tags[BACKFILLED_TAG] == "2" and RESTORED_KEY not in run.data.metrics
+    assert "alrao_tune.replayed_results" not in run.data.tags
+
+
 def test_prepare_store_creates_db_and_experiment(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path}/sub/mlflow.db"
     experiment_id = prepare_store(uri, "my exp/1")

@@ -7,9 +7,10 @@ two leaves a state that names a deleted checkpoint (seen on a 5-hour comparison 
 once). The trial's folder still holds its newer checkpoints, each a complete, valid state
 of the same run. Tune itself refuses to restore from a missing folder, so before a restore
 :func:`restore_missing` puts a copy of the one of them with the fewest epochs in its place
-(the closest to what the state names: MLflow already holds its values, and the values of
-the epochs after it are skipped when reported again, see ``mlflow_callback``). Nothing
-readable there: :class:`~alrao_tune.train.CheckpointError`.
+(the closest to what the state names). MLflow may lack the values of its newest epochs:
+the resumed trial's first report carries the records of every epoch in the checkpoint, and
+the MLflow callback logs those past the run's last logged step (``trainable.RESTORED_KEY``).
+Nothing readable there: :class:`~alrao_tune.train.CheckpointError`.
 """
 
 from __future__ import annotations

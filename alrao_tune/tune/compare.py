@@ -6,7 +6,7 @@ SGD at every learning rate of ``compare.lr_grid`` (the ground truth, per momentu
 its interval chosen by an LR range test (``alrao_auto``), and the practitioner's shortcut
 (an LR range test, then one SGD run with the 1cycle policy). Every run uses the same
 epoch budget, early stopping and minimum epochs. The report measures each cheap proxy
-against the truth (``alrao_tune.ranking``, ``alrao_tune.report_compare``).
+against the truth (``alrao_tune.ranking``, ``alrao_tune.fidelity``, ``alrao_tune.report_compare``).
 
 A comparison runs for hours; ``resume=True`` (``alrao-tune compare SPACE --resume``)
 finishes the newest unfinished one of the space under ``storage`` through
@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from alrao_tune import ranking, report_compare
+from alrao_tune import fidelity, report_compare
 from alrao_tune.space import SearchSpace, load_space
 from alrao_tune.tune import stages
 from alrao_tune.tune.preflight import preflight
@@ -116,9 +116,9 @@ def build_reports(trials: pd.DataFrame, space: SearchSpace) -> dict[float, dict[
         k = min(3, len(truth["val_loss"]))
         reports[m] = {
             "table1": report_compare.table1(trials, m),
-            "fidelity": ranking.fidelity(proxies, truth["val_loss"], truth["test_acc"], k=k,
+            "fidelity": fidelity.fidelity(proxies, truth["val_loss"], truth["test_acc"], k=k,
                                          mode="min", metric_mode="max"),
-            "noise_ceiling": ranking.noise_ceiling(truth["val_loss"]),
+            "noise_ceiling": fidelity.noise_ceiling(truth["val_loss"]),
             "costs": report_compare.compute_costs(trials, m),
             "pipeline": report_compare.pipeline_vs_grid(trials, m, space.stage1.top_k),
             "pipelines": report_compare.pipelines(trials, m),

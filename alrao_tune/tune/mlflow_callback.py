@@ -12,11 +12,15 @@ except ``time_total_s``. NaN is stored as NaN, +-inf as MLflow's +-1.797e308; bo
 counted in the tag ``alrao_tune.nonfinite_values``. A result whose step is not past the
 trial's last logged step (a trial restored from a checkpoint re-reporting it) is skipped
 and counted in ``alrao_tune.replayed_results``: every value arrives exactly once, across
-retries and ``Tuner.restore`` too. The last step logged is read back from the run itself:
-the step of its newest ``time_total_s`` value (Tune puts it in every result, and a flush
-writes it after the result's other values), or the tag ``alrao_tune.last_step`` if that
-is higher. MLflow's SQL store commits a batch's metrics and its tags in separate
-transactions, so the tag alone can lag behind values a killed driver had stored.
+retries and ``Tuner.restore`` too. A restored trial's first result also carries the
+records of the epochs in its checkpoint (``RESTORED_KEY``); those past the last logged
+step are logged then (counted in ``alrao_tune.backfilled_epochs``), so no epoch is missing
+when a resume continues from a newer checkpoint than the saved state names. The last step
+logged is read back from the run itself: the step of its newest ``time_total_s`` value
+(Tune puts it in every result, and a flush writes it after the result's other values), or
+the tag ``alrao_tune.last_step`` if that is higher. MLflow's SQL store commits a batch's
+metrics and its tags in separate transactions, so the tag alone can lag behind values a
+killed driver had stored.
 Values are buffered (``flush_every``, ``flush_interval_s``), but every buffer is written,
 and waited for, in ``get_state``, which Tune calls while saving its experiment state and
 before syncing it to storage: a driver killed with SIGKILL loses no value that a resumed
@@ -60,6 +64,7 @@ from alrao_tune.tracking import (
     flatten,
     sanitize_metric_name,
 )
+from alrao_tune.tune.trainable import RESTORED_KEY
 
 __all__ = ["MLflowTrialCallback", "STEP_METRICS_KEY", "TUNE_RESULT_KEYS"]
 
@@ -70,6 +75,7 @@ MARKER_KEY = "time_total_s"
 log = logging.getLogger(__name__)
 
 STEP_METRICS_KEY = "step_metrics"
+BACKFILLED_TAG = "alrao_tune.backfilled_epochs"
 # Keys Tune adds to every result; of these only ``time_total_s`` is logged.
 TUNE_RESULT_KEYS = frozenset((
     "trial_id", "experiment_id", "experiment_tag", "date", "timestamp", "time_this_iter_s",
@@ -148,6 +154,7 @@ class _TrialRun:
     last_flush: float = field(default_factory=time.monotonic)
     nonfinite: int = 0
     replayed: int = 0
+    backfilled: int = 0  # epochs logged from a restored checkpoint's records
     stopped: bool = False  # Tune set ``done`` on the last result (scheduler or stopper)
 
 
@@ -247,6 +254,7 @@ class MLflowTrialCallback(Callback):
         start = time.perf_counter()
         run = self._open(trial)
         step = _result_step(result)
+        self._backfill(run, result, step)
         if run.last_step is not None and step <= run.last_step:
             run.replayed += 1
         else:
@@ -256,6 +264,23 @@ class MLflowTrialCallback(Callback):
                     or time.monotonic() - run.last_flush >= self.flush_interval_s):
                 self._flush(run)
         self._stats["hook_s"] += time.perf_counter() - start
+
+    def _backfill(self, run: _TrialRun, result: Mapping[str, Any], step: int) -> None:
+        """Logs the epochs of a restored trial's checkpoint (``RESTORED_KEY``) that are past
+        the run's last logged step and before this result's: values a SIGKILL kept from
+        MLflow when the resume had to continue from a newer checkpoint than the one Tune's
+        saved state names. Their ``time_total_s`` is the trial's time at the restore."""
+        records = result.get(RESTORED_KEY)
+        if not isinstance(records, Sequence) or isinstance(records, str):
+            return
+        at_restore = result.get(MARKER_KEY, 0.0) - result.get("time_this_iter_s", 0.0)
+        for record in records:
+            s = _result_step(record) if isinstance(record, Mapping) else None
+            if s is not None and s < step and (run.last_step is None or s > run.last_step):
+                run.last_step = s
+                self._collect(run, {**record, MARKER_KEY: at_restore}, s)
+                run.backfilled += 1
+                run.tags[BACKFILLED_TAG] = str(run.backfilled)
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         """Writes buffers older than ``flush_interval_s`` (long epochs stay visible)."""
@@ -360,7 +385,7 @@ class MLflowTrialCallback(Callback):
     def _collect(self, run: _TrialRun, result: Mapping[str, Any], step: int) -> None:
         now, before = int(time.time() * 1000), len(run.buffer)
         for key, value in result.items():
-            if key in TUNE_RESULT_KEYS:
+            if key in TUNE_RESULT_KEYS or key == RESTORED_KEY:
                 continue
             if isinstance(value, str):
                 if run.strings.get(key) != value:

@@ -10,7 +10,8 @@ with per-step switch posteriors for the driver-side MLflow callback) plus runnin
 (``best_val_loss``, ``best_val_acc``, ``best_best_head_val_loss``) and the Ray
 ``node_id`` running it, with a checkpoint of the whole trainer state; the last report
 also carries the test metrics measured at the best validation epoch. A resumed trial
-continues from its last checkpoint exactly.
+continues from its last checkpoint exactly; its first report also carries the metrics of
+the epochs in that checkpoint (``RESTORED_KEY``).
 
 On a cluster the driver ships only this small config to the workers, never arrays: each
 worker process loads the trial's dataset itself, once (:func:`dataset_for`, kept by reused
@@ -38,6 +39,11 @@ from alrao_tune.config import TrainConfig
 from alrao_tune.data import DatasetSplits, load_dataset
 
 CHECKPOINT_FILE = "trainer.pt"
+# In the first report after a restore: the metrics of every epoch the checkpoint holds (as
+# reported then). The MLflow callback logs those past the run's last logged step: a
+# SIGKILL just after Tune deleted the checkpoint its saved state names makes the trial
+# continue from a newer one, whose epochs MLflow may not have (``tune/checkpoints.py``).
+RESTORED_KEY = "restored_records"
 SEARCHED_KEYS = ("lr", "momentum", "weight_decay")
 # Test-only fault injection (reliability tests and ``alrao-tune bench soak``), trial
 # config key "fault": "crash_once:<marker file>" makes the worker process exit abruptly
@@ -125,21 +131,29 @@ def train_trial(config: dict[str, Any]) -> None:
     trainer = Trainer(cfg, data)
     checkpoint = tune.get_checkpoint()
     best = _RunningBest()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as d:
-            trainer.restore(Path(d) / CHECKPOINT_FILE)
-        for record in trainer.records:
-            best.update(record)
 
-    def report(record: dict[str, Any], trainer: Trainer) -> None:
+    def epoch_metrics(record: Mapping[str, Any]) -> dict[str, Any]:
         metrics = {k: v for k, v in record.items() if v is not None}
         metrics.update(best.update(record))
         metrics["n_params"] = trainer.n_params
-        metrics["node_id"] = node_id  # a string: the MLflow callback stores it as a tag
         if cfg.method == "alrao":
             metrics.update(run_lr_min=cfg.lr_min, run_lr_max=cfg.lr_max)
         else:
             metrics["run_lr"] = cfg.lr
+        return metrics
+
+    restored: list[dict[str, Any]] = []
+    if checkpoint is not None:
+        with checkpoint.as_directory() as d:
+            trainer.restore(Path(d) / CHECKPOINT_FILE)
+        restored = [epoch_metrics(record) for record in trainer.records]
+
+    def report(record: dict[str, Any], trainer: Trainer) -> None:
+        metrics = epoch_metrics(record)
+        metrics["node_id"] = node_id  # a string: the MLflow callback stores it as a tag
+        if restored:  # once: the epochs in the checkpoint, for values MLflow may lack
+            metrics[RESTORED_KEY] = restored.copy()
+            restored.clear()
         if trainer.status != "running":
             metrics.update(_final_metrics(trainer))
         _maybe_fault(config.get(FAULT_KEY), trainer)

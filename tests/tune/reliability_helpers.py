@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -16,6 +17,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
+
+import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -151,3 +154,75 @@ def snapshot(folder: Path) -> dict[str, tuple[int, int]]:
     """{relative path: (size, mtime_ns)} of every file under ``folder``."""
     return {str(p.relative_to(folder)): (p.stat().st_size, p.stat().st_mtime_ns)
             for p in folder.rglob("*") if p.is_file()}
+
+
+def write_space(folder: Path, space: dict) -> Path:
+    path = folder / "space.yaml"
+    path.write_text(yaml.safe_dump(space))
+    return path
+
+
+def trial_index(checkpoint: Path) -> int:
+    """The trial counter in a Tune trial folder name ``train_trial_<id>_<n>_...``."""
+    return int(checkpoint.parts[-3].split("_")[3])
+
+
+def trials_at(folder: Path) -> dict[str, dict]:
+    """Per Tune trial of the experiment in ``folder``: status, the checkpoint its state
+    names, its last result, and ``resume_epoch``: the epochs done in the checkpoint a
+    resume continues from (the named one; if a kill landed just after Tune deleted it,
+    the trial's remaining checkpoint with the fewest epochs, see ``tune/checkpoints.py``)."""
+    from alrao_tune.tune.runner import experiment_trials
+
+    out = {}
+    for t in experiment_trials(folder):
+        named = Path(t.checkpoint.path) if t.checkpoint is not None else None
+        resume_epoch = None
+        if named is not None and (named / "trainer.pt").exists():
+            resume_epoch = epoch_of(named)
+        elif named is not None:
+            left = [epoch_of(p) for p in named.parent.glob("checkpoint_*")
+                    if (p / "trainer.pt").exists()]
+            resume_epoch = min(left, default=None)
+        out[t.trial_id] = {"status": t.status, "checkpoint": str(named) if named else None,
+                           "resume_epoch": resume_epoch,
+                           "last_result": dict(t.last_result or {})}
+    return out
+
+
+def epoch_of(checkpoint: Path) -> int:
+    import torch
+
+    return torch.load(checkpoint / "trainer.pt", weights_only=True)["loop"]["epoch"]
+
+
+def vanish_named_checkpoint(folder: Path) -> tuple[str, Path, int] | None:
+    """What a SIGKILL between Tune deleting a checkpoint and saving the experiment state
+    that names its successor leaves: the state names a folder that is gone (Tune refuses
+    to restore from it), the trial's other checkpoints are there. Done to one unfinished
+    trial, preferring one with a newer checkpoint than the named one (its resume continues
+    from there: epochs MLflow may lack). Returns the trial id, the named folder and the
+    epochs done in the checkpoint the resume will continue from."""
+    candidates = []
+    for trial_id, trial in trials_at(folder).items():
+        if trial["status"] != "TERMINATED" and trial["checkpoint"] is not None:
+            named = Path(trial["checkpoint"])
+            newer = [epoch_of(p) for p in named.parent.glob("checkpoint_*")
+                     if p != named and epoch_of(p) > epoch_of(named)]
+            candidates.append((not newer, trial_id, named, min(newer, default=None)))
+    if not candidates:
+        return None
+    _, trial_id, named, newer = min(candidates, key=lambda c: c[0])
+    if newer is None:
+        epoch = epoch_of(named)
+        named.rename(named.with_name(f"{named.name}_kept"))
+        return trial_id, named, epoch
+    shutil.rmtree(named)
+    return trial_id, named, newer
+
+
+def trial_run_ids(uri: str, experiment: str) -> dict[str, str]:
+    """Tune trial id -> MLflow run id of the experiment's trial runs."""
+    _, runs = mlflow_runs(uri, experiment)
+    return {r.data.tags["alrao_tune.trial_id"]: r.info.run_id for r in runs
+            if "alrao_tune.trial_id" in r.data.tags}

@@ -14,7 +14,6 @@ import shutil
 from pathlib import Path
 
 import pytest
-import yaml
 
 from alrao_tune.cli import main
 from tests.tune.reliability_helpers import (
@@ -26,6 +25,11 @@ from tests.tune.reliability_helpers import (
     snapshot,
     stage_dir,
     tree_of,
+    trial_index,
+    trial_run_ids,
+    trials_at,
+    vanish_named_checkpoint,
+    write_space,
 )
 
 pytestmark = pytest.mark.slow
@@ -49,55 +53,6 @@ KILL = {
 }
 
 
-def write_space(folder: Path, space: dict) -> Path:
-    path = folder / "space.yaml"
-    path.write_text(yaml.safe_dump(space))
-    return path
-
-
-def _trial_index(checkpoint: Path) -> int:
-    """The trial counter in a Tune trial folder name ``train_trial_<id>_<n>_...``."""
-    return int(checkpoint.parts[-3].split("_")[3])
-
-
-def _trials_at(folder: Path) -> dict[str, dict]:
-    from alrao_tune.tune.runner import experiment_trials
-
-    return {t.trial_id: {"status": t.status, "checkpoint": t.checkpoint.path
-                         if t.checkpoint is not None else None,
-                         "last_result": dict(t.last_result or {})}
-            for t in experiment_trials(folder)}
-
-
-def _epoch_of(checkpoint: Path) -> int:
-    import torch
-
-    return torch.load(checkpoint / "trainer.pt", weights_only=True)["loop"]["epoch"]
-
-
-def _vanish_named_checkpoint(folder: Path) -> tuple[str, Path] | None:
-    """What a SIGKILL between Tune deleting a checkpoint and saving the experiment state
-    that names its successor leaves: the state names a folder that is gone (Tune refuses
-    to restore from it), the trial's other checkpoints are there. Done to one unfinished
-    trial, keeping only checkpoints with no more epochs than the named one (so MLflow has
-    every value the resumed trial will skip)."""
-    for trial_id, trial in _trials_at(folder).items():
-        if trial["status"] != "TERMINATED" and trial["checkpoint"] is not None:
-            named = Path(trial["checkpoint"])
-            for other in named.parent.glob("checkpoint_*"):
-                if other != named and _epoch_of(other) > _epoch_of(named):
-                    shutil.rmtree(other)
-            named.rename(named.with_name(f"{named.name}_kept"))
-            return trial_id, named
-    return None
-
-
-def _trial_run_ids(uri: str) -> dict[str, str]:
-    _, runs = mlflow_runs(uri, "killme")
-    return {r.data.tags["alrao_tune.trial_id"]: r.info.run_id for r in runs
-            if "alrao_tune.trial_id" in r.data.tags}
-
-
 @pytest.fixture(scope="module")
 def killed(ray_local, tmp_path_factory):
     """Reference run; then a run killed in stage 1, resumed and killed in stage 2, resumed
@@ -119,8 +74,8 @@ def killed(ray_local, tmp_path_factory):
     first.wait_until(lambda: "TERMINATED" in newest_state_text(s1()),
                      what="a finished stage-1 trial")
     ev["kill1"] = first.kill()
-    ev["stage1_at_kill"] = _trials_at(s1())
-    ev["runs_at_kill1"] = _trial_run_ids(uri)
+    ev["stage1_at_kill"] = trials_at(s1())
+    ev["runs_at_kill1"] = trial_run_ids(uri, KILL["name"])
     ev["finished_files"] = {  # the final checkpoints of the trials that had ended
         p: p.stat().st_mtime_ns for t in ev["stage1_at_kill"].values()
         if t["status"] == "TERMINATED" for p in Path(t["checkpoint"]).glob("trainer.pt")}
@@ -129,15 +84,16 @@ def killed(ray_local, tmp_path_factory):
     second = Screening([*args, "--resume"], tmp / "second.log")
     s2 = lambda: stage_dir(storage, "killme", "stage2")  # noqa: E731
     second.wait_until(
-        lambda: sum(_trial_index(p) >= 3 for p in checkpoints(s2())) >= 2,
+        lambda: sum(trial_index(p) >= 3 for p in checkpoints(s2())) >= 2,
         what="2 checkpoints of the third stage-2 trial")
     ev["kill2"] = second.kill()
     ev["second_log"] = second.output
-    ev["stage2_at_kill"] = _trials_at(s2())
-    ev["runs_at_kill2"] = _trial_run_ids(uri)
+    ev["stage2_at_kill"] = trials_at(s2())
+    ev["runs_at_kill2"] = trial_run_ids(uri, KILL["name"])
     shutil.copytree(storage, tmp / "copy" / "runs")  # for the corrupted-checkpoint test
     shutil.copyfile(tmp / "mlflow.db", tmp / "copy" / "mlflow.db")
-    ev["vanished"] = _vanish_named_checkpoint(s2())
+    ev["copy_uri"] = f"sqlite:///{tmp}/copy/mlflow.db"  # MLflow as the kill left it
+    ev["vanished"] = vanish_named_checkpoint(s2())
 
     # 3. --resume to the end
     third = Screening([*args, "--resume"], tmp / "third.log")
@@ -146,8 +102,8 @@ def killed(ray_local, tmp_path_factory):
     assert ev["code"] == 0, third.output[-3000:]
     ev["results"] = json.loads((tmp / "out" / "results.json").read_text())
     ev["reference"] = json.loads((tmp / "ref-out" / "results.json").read_text())
-    ev["stage1_final"] = _trials_at(s1())
-    ev["stage2_final"] = _trials_at(s2())
+    ev["stage1_final"] = trials_at(s1())
+    ev["stage2_final"] = trials_at(s2())
     return ev
 
 
@@ -202,10 +158,11 @@ def test_finished_trials_are_not_rerun_and_unfinished_continue(killed):
         if before["status"] == "TERMINATED":
             assert after["date"] == before["last_result"]["date"]  # not run again
         elif before["checkpoint"] is not None:
-            # continued from its checkpoint (checkpoint_<k>: k + 1 epochs done): only the
-            # remaining epochs ran after the restore (a trial killed after its last epoch
-            # but before Tune saved it as ended reports its final result once more)
-            done = int(Path(before["checkpoint"]).name.split("_")[1]) + 1
+            # continued from its checkpoint: only the remaining epochs ran after the
+            # restore (a trial killed after its last epoch but before Tune saved it as
+            # ended reports its final result once more). The kill may land just after Tune
+            # deleted the named checkpoint: then the resume continues from the next one.
+            done = before["resume_epoch"]
             assert after["iterations_since_restore"] == (EPOCHS - done if done < EPOCHS else 1)
     assert killed["finished_files"]
     for path, mtime in killed["finished_files"].items():
@@ -218,12 +175,22 @@ def test_finished_trials_are_not_rerun_and_unfinished_continue(killed):
 def test_a_checkpoint_tune_deleted_before_the_kill_is_put_back(killed):
     if killed["vanished"] is None:
         pytest.skip("no unfinished stage-2 trial had a checkpoint at the kill")
-    trial_id, named = killed["vanished"]
+    trial_id, named, resume_epoch = killed["vanished"]
     # announced before the restore, put back from the trial's other checkpoint, finished
     assert f"trial {trial_id}: {named.name}, the checkpoint Tune's experiment state names, " \
         "is gone" in killed["third_log"]
     final = killed["stage2_final"][trial_id]
     assert final["status"] == "TERMINATED" and final["last_result"]["epoch"] == EPOCHS
+    # only the epochs after the checkpoint it continued from ran again
+    assert final["last_result"]["iterations_since_restore"] == (EPOCHS - resume_epoch or 1)
+    # the epochs MLflow lacked at the kill came from that checkpoint's records (and every
+    # value arrived once: test_every_metric_value_arrived_exactly_once)
+    run_id = trial_run_ids(killed["uri"], KILL["name"])[trial_id]
+    client, _ = mlflow_runs(killed["copy_uri"], "killme")
+    at_kill = max((s for s, _ in history(client, run_id, "val_loss")), default=0)
+    client, _ = mlflow_runs(killed["uri"], "killme")
+    tags = client.get_run(run_id).data.tags
+    assert int(tags.get("alrao_tune.backfilled_epochs", 0)) == max(0, resume_epoch - at_kill)
 
 
 def test_mlflow_has_one_finished_run_per_trial_after_resume(killed):
@@ -239,7 +206,7 @@ def test_mlflow_has_one_finished_run_per_trial_after_resume(killed):
     # the pipeline and stage runs are the ones the first invocation created (reopened)
     assert killed["results"]["run_ids"]["pipeline"] == tree["pipeline"].info.run_id
     # trials resumed in the run they had before the kill
-    final = _trial_run_ids(killed["uri"])
+    final = trial_run_ids(killed["uri"], KILL["name"])
     for trial_id, run_id in killed["runs_at_kill1"].items():
         assert final[trial_id] == run_id
     # any deleted run is an orphan: a trial Tune had not saved before the kill
