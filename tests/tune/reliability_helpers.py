@@ -23,6 +23,12 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 
 
+def _default_sigint() -> None:
+    """A shell starts background jobs with SIGINT ignored, and Python keeps an ignored
+    SIGINT ignored: the child gets the default back, so Ctrl-C tests work under `cmd &`."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 class Screening:
     """``alrao-tune <command>`` (default ``screen``) in a subprocess (its own session),
     output to ``log``."""
@@ -36,7 +42,8 @@ class Screening:
         with open(log, "w") as out:
             self.proc = subprocess.Popen(
                 [sys.executable, "-m", "alrao_tune.cli", command, *args], cwd=REPO,
-                env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+                env=full_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=_default_sigint)
 
     @property
     def output(self) -> str:
