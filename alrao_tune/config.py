@@ -67,8 +67,8 @@ class TrainConfig:
     momentum: float = 0.0
     weight_decay: float = 0.0
     nesterov: bool = False
-    lr_min: float = 1e-5
-    lr_max: float = 10.0
+    lr_min: float = 1e-4
+    lr_max: float = 1.0
     n_heads: int = 10
     theta: float = 0.999
     alrao_optimizer: str = "sgd"

@@ -81,7 +81,7 @@ def test_defaults() -> None:
     assert (t.epochs, t.batch_size, t.patience, t.min_epochs) == (20, 32, 5, 0)
     assert (t.time_budget_s, t.device, t.schedule) == (None, "auto", {"name": "constant"})
     a = space.alrao
-    assert (a.lr_min, a.lr_max, a.n_heads, a.theta) == (1e-5, 10.0, 10, 0.999)
+    assert (a.lr_min, a.lr_max, a.n_heads, a.theta) == (1e-4, 1.0, 10, 0.999)
     assert (a.optimizer, a.momentum, a.weight_decay) == ("sgd", 0.0, 0.0)
     s1 = space.stage1
     assert (s1.seeds, s1.metric, s1.top_k, s1.asha) == ([0], "val_loss", 2, None)

@@ -98,7 +98,7 @@ ERRORS = [
         r"<= training.epochs \(20\)",
     ),
     ({"alrao": {"lr_min": 0.0}}, "alrao.lr_min", "greater than 0"),
-    ({"alrao": {"lr_min": 10.0}}, "alrao.lr_min", r"must be < lr_max \(10.0\)"),
+    ({"alrao": {"lr_min": 1.0}}, "alrao.lr_min", r"must be < lr_max \(1.0\)"),
     ({"alrao": {"theta": 1.0}}, "alrao.theta", "less than 1"),
     ({"alrao": {"optimizer": "rmsprop"}}, "alrao.optimizer", "'sgd' or 'adam'"),
     ({"alrao": {"n_heads": "10"}}, "alrao.n_heads", "valid integer"),

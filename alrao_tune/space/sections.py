@@ -113,8 +113,8 @@ class Training(_Model):
 class Alrao(_Model):
     """``alrao``: the log-uniform interval, K heads, switch prior and the base optimizer."""
 
-    lr_min: float = Field(1e-5, gt=0)
-    lr_max: float = 10.0
+    lr_min: float = Field(1e-4, gt=0)  # measured: see README "Does the proxy work?"
+    lr_max: float = 1.0
     n_heads: int = Field(10, ge=1)
     theta: float = Field(0.999, gt=0, lt=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
