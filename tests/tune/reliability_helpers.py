@@ -179,18 +179,16 @@ def trials_at(folder: Path) -> dict[str, dict]:
     names, its last result, and ``resume_epoch``: the epochs done in the checkpoint a
     resume continues from (the named one; if a kill landed just after Tune deleted it,
     the trial's remaining checkpoint with the fewest epochs, see ``tune/checkpoints.py``)."""
+    from alrao_tune.tune.checkpoints import usable_checkpoint
     from alrao_tune.tune.runner import experiment_trials
 
     out = {}
     for t in experiment_trials(folder):
         named = Path(t.checkpoint.path) if t.checkpoint is not None else None
         resume_epoch = None
-        if named is not None and (named / "trainer.pt").exists():
-            resume_epoch = epoch_of(named)
-        elif named is not None:
-            left = [epoch_of(p) for p in named.parent.glob("checkpoint_*")
-                    if (p / "trainer.pt").exists()]
-            resume_epoch = min(left, default=None)
+        if named is not None:
+            replacement, _ = usable_checkpoint(t.checkpoint)
+            resume_epoch = epoch_of(Path(replacement) if replacement else named)
         out[t.trial_id] = {"status": t.status, "checkpoint": str(named) if named else None,
                            "resume_epoch": resume_epoch,
                            "last_result": dict(t.last_result or {})}
