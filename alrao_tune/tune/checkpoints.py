@@ -9,7 +9,7 @@ of the same run. Tune itself refuses to restore from a missing folder, so before
 :func:`restore_missing` puts a copy of the one of them with the fewest epochs in its place
 (the closest to what the state names). MLflow may lack the values of its newest epochs:
 the resumed trial's first report carries the records of every epoch in the checkpoint, and
-the MLflow callback logs those past the run's last logged step (``trainable.RESTORED_KEY``).
+the MLflow callback logs those past the run's last logged step (``schema.RESTORED_KEY``).
 Nothing readable there: :class:`~alrao_tune.train.CheckpointError`.
 """
 
@@ -18,7 +18,7 @@ from __future__ import annotations
 import io
 from typing import Any
 
-CHECKPOINT_FILE = "trainer.pt"
+from alrao_tune.schema import CHECKPOINT_FILE
 
 
 def read_state(filesystem: Any, path: str, name: str = CHECKPOINT_FILE) -> dict[str, Any]:

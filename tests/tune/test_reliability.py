@@ -415,7 +415,7 @@ def test_concurrent_trials_log_every_value_exactly_once(faulty):
 
 
 def test_soak_tiny(ray_local, tmp_path):
-    from alrao_tune.tune.soak import soak
+    from alrao_tune.bench.soak import soak
 
     # seed 1: trial 0 crashes once, trial 1 raises
     out = soak(n_trials=2, failure_rate=1.0, seed=1, tracking_uri=f"sqlite:///{tmp_path}/s.db",
