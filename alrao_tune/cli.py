@@ -221,11 +221,26 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
+    """The ``alrao-tune`` parser: one subcommand per job."""
     parser = argparse.ArgumentParser(
         prog="alrao-tune",
         description="Screen architectures cheaply with Alrao, then tune only the best.")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_screen(sub)
+    _add_compare(sub)
+    _add_bench(sub)
+    from alrao_tune.dashboard.launch import add_ui_parser
 
+    add_ui_parser(sub)
+    return parser
+
+
+SPACE_HELP = ("a search-space YAML file, or the name of a shipped space (quickstart, digits, "
+              "mnist1d, mnist1d-nonrecurrent, cifar10)")
+
+
+def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="train one architecture with alrao, sgd or adam")
     t.add_argument("--dataset", default="mnist1d")
     t.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
@@ -251,35 +266,42 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--json", action="store_true", help="print the result as one JSON object")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("screen", help="two-stage screening of a search-space YAML")
-    s.add_argument("space", help="search-space YAML file (see searchspaces/)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    """The options screen and compare share: overrides, stores, cluster, resume."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a YAML key, e.g. --set stage1.top_k=3")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
-    s.add_argument("--storage", help="Ray Tune storage: a directory (shared by all nodes on "
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    p.add_argument("--storage", help="Ray Tune storage: a directory (shared by all nodes on "
                    "a cluster) or a URI such as s3://bucket/prefix, gs://..., file:///abs "
                    "(default ./alrao_runs)")
-    s.add_argument("--address", help="Ray cluster address HOST:6379 or auto (default: "
+    p.add_argument("--address", help="Ray cluster address HOST:6379 or auto (default: "
                    "RAY_ADDRESS, else a local Ray)")
+
+
+def _add_screen(sub: Any) -> None:
+    s = sub.add_parser("screen", help="two-stage screening of a search space")
+    s.add_argument("space", help=SPACE_HELP)
+    _add_job_options(s)
     s.add_argument("--output", help="write leaderboard.csv, stage1/2.csv, results.json here")
     s.add_argument("--resume", action="store_true", help="finish the newest interrupted run")
     s.add_argument("--json", action="store_true", help="print results.json to stdout")
     s.set_defaults(func=cmd_screen)
 
+
+def _add_compare(sub: Any) -> None:
     c = sub.add_parser("compare", help="measure the Alrao proxy against grid-searched SGD")
-    c.add_argument("space", help="search-space YAML file (its `compare` section)")
+    c.add_argument("space", help=SPACE_HELP + "; its `compare` section is used")
     c.add_argument("--seeds", type=int, help="number of seeds (default: compare.seeds)")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
-    c.add_argument("--storage", help="Ray Tune storage directory or URI, as for screen")
-    c.add_argument("--address", help="Ray cluster address HOST:6379 or auto (default: "
-                   "RAY_ADDRESS, else a local Ray)")
+    _add_job_options(c)
     c.add_argument("--output", help="write report-*.md, trials.csv, compare.json, PNGs here")
     c.add_argument("--resume", action="store_true",
                    help="finish the newest interrupted comparison (same --storage)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compare)
 
+
+def _add_bench(sub: Any) -> None:
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=("overhead", "loop", "soak"),
                    help="overhead: Alrao vs SGD step time; loop: the training loop's own "
@@ -295,11 +317,6 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--storage", help="soak: Tune storage (default: a temporary folder)")
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
-
-    from alrao_tune.dashboard.launch import add_ui_parser
-
-    add_ui_parser(sub)
-    return parser
 
 
 def configure_process() -> None:

@@ -52,10 +52,8 @@ def soak(n_trials: int = 50, failure_rate: float = 0.2, seed: int = 0,
     from ray import tune
 
     from alrao_tune import tracking
-    from alrao_tune.bench.faults import faulty_trainable
     from alrao_tune.tracking.callback import MLflowTrialCallback
-    from alrao_tune.tune.runner import TuneJob, run_job, trials_frame
-    from alrao_tune.tune.session import ray_session
+    from alrao_tune.tune.runner import TuneJob
     from alrao_tune.tune.trainable import trial_config
 
     if n_trials < 1 or not 0 <= failure_rate <= 1:
@@ -70,17 +68,7 @@ def soak(n_trials: int = 50, failure_rate: float = 0.2, seed: int = 0,
     markers = storage / "soak-markers"
     markers.mkdir(parents=True, exist_ok=True)
 
-    rng = random.Random(seed)
-    trials, faults, injected = [], {}, {"crash_once": 0, "raise": 0}
-    for i in range(n_trials):
-        name = f"soak-{i:03d}"
-        trials.append({"stage": "soak", "arch_name": name, "train": _train_config(i)})
-        if rng.random() < failure_rate:
-            kind = rng.choice(("crash_once", "raise"))
-            injected[kind] += 1
-            faults[name] = f"crash_once:{markers / f'{i:03d}'}" if kind == "crash_once" \
-                else "raise"
-
+    trials, faults, injected = _plan(n_trials, failure_rate, seed, markers)
     experiment_id = tracking.prepare_store(uri, EXPERIMENT)
     tree = tracking.RunTree(uri, experiment_id)
     parent = tree.start(f"soak n={n_trials} rate={failure_rate} seed={seed}",
@@ -94,8 +82,25 @@ def soak(n_trials: int = 50, failure_rate: float = 0.2, seed: int = 0,
                   callbacks=[callback])
     say(f"soak: {n_trials} trials, {injected['crash_once']} crash once, {injected['raise']} "
         f"raise; MLflow {uri}, storage {storage}")
+    out = _run_and_audit(tree, parent, job, callback, faults)
+    out.update(injected=injected, tracking_uri=uri, storage=str(storage))
+    out["ok"] = _all_checks_pass(out, n_trials)
+    tree.log_metrics(parent, {k: v for k, v in out.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    tree.end(parent, "FINISHED")
+    say(format_soak(out))
+    return out
+
+
+def _run_and_audit(tree: Any, parent: str, job: Any, callback: Any,
+                   faults: dict[str, str]) -> dict[str, Any]:
+    """Runs the experiment with the faulty trainable, then audits MLflow (the parent run
+    ends FAILED if either fails)."""
+    from alrao_tune.bench.faults import faulty_trainable
+    from alrao_tune.tune.runner import run_job, trials_frame
+    from alrao_tune.tune.session import ray_session
+
     t0 = time.perf_counter()
-    status = "FAILED"
     try:
         with ray_session():
             grid = run_job(job, trainable=faulty_trainable(faults))
@@ -103,24 +108,41 @@ def soak(n_trials: int = 50, failure_rate: float = 0.2, seed: int = 0,
         wall = time.perf_counter() - t0
         frame = trials_frame(grid, callback.run_ids)
         out = _audit(tree, parent, frame, callback.stats["values"])
-        out.update(
-            trials=len(frame), completed=int((frame["status"] != "error").sum()),
-            failed=int((frame["status"] == "error").sum()), injected=injected,
-            wall_s=wall, trials_per_min=60 * len(frame) / wall if wall else math.nan,
-            tracking_uri=uri, storage=str(storage))
-        out["ok"] = bool(
-            out["trials"] == n_trials and out["mlflow_runs"] == n_trials
-            and not out["running_runs"] and not out["duplicate_runs"] and not out["bad_runs"]
-            and out["values_in_mlflow"] == out["values_reported"]
-            and out["retried"] == injected["crash_once"] and out["failed"] == injected["raise"])
-        tree.log_metrics(parent, {k: v for k, v in out.items()
-                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        status = "FINISHED"
-    finally:
+    except BaseException:
         callback.close()
-        tree.end(parent, status)
-    say(format_soak(out))
+        tree.end(parent, "FAILED")
+        raise
+    out.update(trials=len(frame), completed=int((frame["status"] != "error").sum()),
+               failed=int((frame["status"] == "error").sum()), wall_s=wall,
+               trials_per_min=60 * len(frame) / wall if wall else math.nan)
     return out
+
+
+def _plan(n_trials: int, failure_rate: float, seed: int, markers: Path
+          ) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, int]]:
+    """The trial configs, the faults by architecture name (see
+    :mod:`alrao_tune.bench.faults`) and how many of each kind."""
+    rng = random.Random(seed)
+    trials, faults, injected = [], {}, {"crash_once": 0, "raise": 0}
+    for i in range(n_trials):
+        name = f"soak-{i:03d}"
+        trials.append({"stage": "soak", "arch_name": name, "train": _train_config(i)})
+        if rng.random() < failure_rate:
+            kind = rng.choice(("crash_once", "raise"))
+            injected[kind] += 1
+            faults[name] = f"crash_once:{markers / f'{i:03d}'}" if kind == "crash_once" \
+                else "raise"
+    return trials, faults, injected
+
+
+def _all_checks_pass(out: dict[str, Any], n_trials: int) -> bool:
+    """Nothing lost or duplicated, every crash retried, every raise failed."""
+    injected = out["injected"]
+    return bool(
+        out["trials"] == n_trials and out["mlflow_runs"] == n_trials
+        and not out["running_runs"] and not out["duplicate_runs"] and not out["bad_runs"]
+        and out["values_in_mlflow"] == out["values_reported"]
+        and out["retried"] == injected["crash_once"] and out["failed"] == injected["raise"])
 
 
 def _train_config(seed: int) -> dict[str, Any]:

@@ -69,7 +69,7 @@ class Grid(_Model):
 
 
 class SearchSpace(_Model):
-    """One validated search-space file; see ``searchspaces/quickstart.yaml``.
+    """One validated search-space file; see the shipped ``alrao_tune/searchspaces/quickstart.yaml``.
 
     Attributes:
         name: MLflow experiment name (default: the YAML file's stem).

@@ -23,7 +23,8 @@ from alrao_tune.dashboard import launch as ui
 from tests.report.test_store import Store, dashboard_store
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "dashboards" / "app.py"
+APP = ROOT / "alrao_tune" / "dashboard" / "app.py"  # what `alrao-tune ui` serves
+LAUNCHER = ROOT / "dashboards" / "app.py"  # `streamlit run dashboards/app.py` in a clone
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
 
@@ -33,13 +34,13 @@ def store(ray_local, tmp_path_factory) -> Store:
     return dashboard_store(tmp_path_factory)
 
 
-def run_app(monkeypatch: pytest.MonkeyPatch, uri: str, **selected: str):
+def run_app(monkeypatch: pytest.MonkeyPatch, uri: str, app: Path = APP, **selected: str):
     """The app run once headless on ``uri`` (sidebar widgets set by key, then rerun)."""
     from streamlit.testing.v1 import AppTest
 
     monkeypatch.setenv("ALRAO_TUNE_TRACKING_URI", uri)
     monkeypatch.setenv("ALRAO_TUNE_MLFLOW_UI", "http://127.0.0.1:5055")
-    at = AppTest.from_file(str(APP), default_timeout=120)
+    at = AppTest.from_file(str(app), default_timeout=120)
     at.run()
     for key, value in selected.items():
         at.selectbox(key=key).select(value)
@@ -94,6 +95,13 @@ def test_app_messages_for_store_problems(monkeypatch, tmp_path, mlflow_uri):
     at = run_app(monkeypatch, f"sqlite:///{tmp_path}/none/mlflow.db")
     assert not at.exception
     assert "no MLflow store at" in at.info[0].value
+
+
+def test_the_clone_launcher_runs_the_same_app(monkeypatch, mlflow_uri):
+    # dashboards/app.py only imports and calls alrao_tune.dashboard.app.main
+    assert len(LAUNCHER.read_text().splitlines()) <= 8
+    at = run_app(monkeypatch, mlflow_uri, app=LAUNCHER)
+    assert not at.exception and "holds no screening yet" in at.info[0].value
 
 
 @pytest.mark.slow
