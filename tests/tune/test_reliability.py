@@ -432,20 +432,6 @@ def test_concurrent_trials_log_every_value_exactly_once(faulty):
     assert logged == faulty["results"]["timings"]["stage1_mlflow_values"]
 
 
-def test_soak_tiny(ray_local, tmp_path):
-    from alrao_tune.bench.soak import soak
-
-    # seed 1: trial 0 crashes once, trial 1 raises
-    out = soak(n_trials=2, failure_rate=1.0, seed=1, tracking_uri=f"sqlite:///{tmp_path}/s.db",
-               storage=tmp_path / "runs", progress=None)
-    assert out["ok"], out
-    assert out["injected"] == {"crash_once": 1, "raise": 1}
-    assert out["trials"] == 2 and out["mlflow_runs"] == 2
-    assert out["completed"] == 1 and out["failed"] == 1 and out["retried"] == 1
-    assert out["retried"] == out["injected"]["crash_once"]
-    assert out["failed"] == out["injected"]["raise"]
-
-
 def test_ctrl_c_leaves_a_resumable_screening(ray_local, tmp_path):
     """SIGINT (Ctrl-C) to `alrao-tune screen`: exit 130 with a hint, the screening is
     recorded KILLED (not FINISHED with failed trials), and --resume finishes it."""
