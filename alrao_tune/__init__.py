@@ -19,9 +19,10 @@ _LAZY = {
     "compare": ("alrao_tune.tune.compare", "compare"),
     "fit": ("alrao_tune.train", "fit"),
     "Trainer": ("alrao_tune.train", "Trainer"),
-    "TrainConfig": ("alrao_tune.config", "TrainConfig"),
-    "lr_find": ("alrao_tune.lr_find", "lr_find"),
+    "TrainConfig": ("alrao_tune.train", "TrainConfig"),
+    "lr_find": ("alrao_tune.train", "lr_find"),
     "load_space": ("alrao_tune.space", "load_space"),
+    "AlraoTuneError": ("alrao_tune.errors", "AlraoTuneError"),
 }
 
 __all__ = ["__version__", *_LAZY]

@@ -13,30 +13,9 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-EXIT_USAGE = 2
+from alrao_tune.errors import EXIT_USAGE, AlraoTuneError
+
 EXIT_INTERRUPTED = 130  # as a shell reports a SIGINT
-
-
-def _input_errors() -> tuple[type[BaseException], ...]:
-    """The exception types that mean "bad input" (exit code 2, no traceback)."""
-    from alrao_tune.alrao.lr import UnsupportedLayerError
-    from alrao_tune.config import ConfigError
-    from alrao_tune.data import DatasetError
-    from alrao_tune.space import SpaceError
-    from alrao_tune.train import CheckpointError
-    from alrao_tune.zoo import ArchError
-
-    errors: list[type[BaseException]] = [ConfigError, DatasetError, SpaceError, ArchError,
-                                         UnsupportedLayerError, CheckpointError]
-    try:
-        from alrao_tune.tracking import TrackingError
-        from alrao_tune.tune.resume import ResumeError
-        from alrao_tune.tune.session import ClusterError
-
-        errors += [TrackingError, ResumeError, ClusterError]
-    except ImportError:  # pragma: no cover - the tune extras are part of the install
-        pass
-    return tuple(errors)
 
 
 def _json_default(value: Any) -> Any:
@@ -62,7 +41,7 @@ def _print_json(obj: Any) -> None:
 
 # ----------------------------------------------------------------------------- train
 def _parse_arch(text: str) -> dict[str, Any]:
-    from alrao_tune.zoo import ArchError
+    from alrao_tune.zoo.build import ArchError
 
     text = text.strip()
     if text.startswith("{"):
@@ -83,7 +62,7 @@ def _parse_arch(text: str) -> dict[str, Any]:
 def _parse_options(items: Sequence[str]) -> dict[str, Any]:
     import yaml
 
-    from alrao_tune.config import ConfigError
+    from alrao_tune.train.config import ConfigError
 
     options: dict[str, Any] = {}
     for item in items:
@@ -96,8 +75,7 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from alrao_tune.config import TrainConfig
-    from alrao_tune.train import Trainer
+    from alrao_tune.train import TrainConfig, Trainer
 
     raw: dict[str, Any] = {
         "dataset": args.dataset, "dataset_options": _parse_options(args.data_option),
@@ -200,7 +178,7 @@ def cmd_compare(args: argparse.Namespace) -> int:
 
 # ----------------------------------------------------------------------------- bench
 def cmd_bench(args: argparse.Namespace) -> int:
-    from alrao_tune import bench
+    from alrao_tune.bench import overhead as bench
 
     if args.what == "overhead":
         figures = bench.overhead(steps=args.steps)
@@ -228,7 +206,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
                       f"{100 * f['loop_share']:.1f}% of an epoch, validation "
                       f"{100 * f['eval_share']:.1f}%")
     elif args.what == "soak":
-        from alrao_tune.tune.soak import soak
+        from alrao_tune.bench.soak import soak
 
         out = soak(n_trials=args.trials, failure_rate=args.failure_rate, seed=args.seed,
                    tracking_uri=args.tracking_uri, storage=args.storage,
@@ -316,7 +294,7 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
-    from alrao_tune.ui import add_ui_parser
+    from alrao_tune.dashboard.launch import add_ui_parser
 
     add_ui_parser(sub)
     return parser
@@ -331,7 +309,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(name).setLevel(logging.WARNING)
     try:
         return int(args.func(args))
-    except _input_errors() as err:
+    except AlraoTuneError as err:
         print(f"alrao-tune: error: {err}", file=sys.stderr)
         return EXIT_USAGE
     except KeyboardInterrupt as err:

@@ -4,7 +4,7 @@ Start it with ``alrao-tune ui`` (also serves MLflow's own UI and links to it) or
 ``streamlit run dashboards/app.py``. The sidebar picks the tracking URI (default: env
 ``ALRAO_TUNE_TRACKING_URI``, else ``sqlite:///./mlflow.db``), the MLflow UI address (env
 ``ALRAO_TUNE_MLFLOW_UI``, optional), the experiment and the pipeline run. Every table and
-series comes from :mod:`alrao_tune.report_mlflow` / :mod:`alrao_tune.report_mlflow_compare`
+series comes from :mod:`alrao_tune.report.store` / :mod:`alrao_tune.report.store_compare`
 (tested there by equality); this file only draws. MLflow reads are cached for ``TTL_S``.
 """
 
@@ -18,8 +18,8 @@ import altair as alt
 import pandas as pd
 import streamlit as st
 
-from alrao_tune import report_mlflow as rm
-from alrao_tune import report_mlflow_compare as rc
+from alrao_tune.report import store as rm
+from alrao_tune.report import store_compare as rc
 
 TTL_S = 30
 DEFAULT_URI = "sqlite:///./mlflow.db"

@@ -1,4 +1,5 @@
-"""User-builder fixtures for tests/test_zoo.py (referenced as ``tests.helpers_zoo:<name>``)."""
+"""User-builder fixtures for tests/zoo/test_build.py (referenced as
+``tests.helpers_zoo:<name>``)."""
 
 from __future__ import annotations
 

@@ -15,10 +15,12 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from alrao_tune.errors import AlraoTuneError
+
 _MISSING: Any = object()
 
 
-class SpaceError(ValueError):
+class SpaceError(AlraoTuneError, ValueError):
     """A search space is invalid; ``str()`` is one line: ``file: key = value: hint``.
 
     Attributes:

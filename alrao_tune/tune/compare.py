@@ -6,7 +6,8 @@ SGD at every learning rate of ``compare.lr_grid`` (the ground truth, per momentu
 its interval chosen by an LR range test (``alrao_auto``), and the practitioner's shortcut
 (an LR range test, then one SGD run with the 1cycle policy). Every run uses the same
 epoch budget, early stopping and minimum epochs. The report measures each cheap proxy
-against the truth (``alrao_tune.ranking``, ``alrao_tune.fidelity``, ``alrao_tune.report_compare``).
+against the truth (:mod:`alrao_tune.report.ranking`, :mod:`alrao_tune.report.fidelity`,
+:mod:`alrao_tune.report.compare`).
 
 A comparison runs for hours; ``resume=True`` (``alrao-tune compare SPACE --resume``)
 finishes the newest unfinished one of the space under ``storage`` through
@@ -27,7 +28,9 @@ from typing import Any
 
 import pandas as pd
 
-from alrao_tune import fidelity, report_compare
+from alrao_tune.report import compare as report_compare
+from alrao_tune.report import fidelity
+from alrao_tune.schema import KIND_TAG
 from alrao_tune.space import SearchSpace, load_space
 from alrao_tune.tune import stages
 from alrao_tune.tune.preflight import preflight
@@ -183,14 +186,16 @@ def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, A
     else:
         parent = tree.start(f"compare {space.name}", params={
             "seeds": seed_list, "n_runs": len(configs), "n_architectures": n_archs},
-            tags={"alrao_tune.kind": "compare"})
+            tags={KIND_TAG: "compare"})
     _write_state(root, {"run_id": parent, "status": "RUNNING", "settings": state["settings"]})
     status, t0 = "FAILED", time.perf_counter()
     try:
         from ray import tune
 
+        from alrao_tune.tracking.callback import MLflowTrialCallback
+
         done = announce_resume(root / "compare", "compare", say, "runs") if resume else 0
-        callback = tracking.MLflowTrialCallback(tree, parent, trial_name_fn=_name)
+        callback = MLflowTrialCallback(tree, parent, trial_name_fn=_name)
         job = TuneJob(name="compare", param_space={"trial": tune.grid_search(configs)},
                       storage=root, resources=space.resources.model_dump(),
                       metric="best_val_loss", mode="min",
@@ -326,7 +331,7 @@ def markdown(rep: dict[str, Any]) -> str:
 
 def write_outputs(result: CompareResult, output: Path, tree: Any | None = None) -> None:
     """``trials.csv``, ``compare.json``, one markdown report and figures per momentum."""
-    from alrao_tune import figures
+    from alrao_tune.report import figures
 
     output.mkdir(parents=True, exist_ok=True)
     result.trials.to_csv(output / "trials.csv", index=False)

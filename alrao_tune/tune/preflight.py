@@ -10,9 +10,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from alrao_tune.config import TrainConfig
 from alrao_tune.data import DatasetSplits, load_dataset
 from alrao_tune.space import SearchSpace
+from alrao_tune.train.config import TrainConfig
 from alrao_tune.tune import stages
 from alrao_tune.zoo import ArchError, build_model, count_parameters
 

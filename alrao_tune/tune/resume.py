@@ -16,7 +16,8 @@ from typing import Any
 
 import pandas as pd
 
-from alrao_tune.tracking import ERROR_TAG, PARENT_TAG, TRIAL_ID_TAG
+from alrao_tune.errors import AlraoTuneError
+from alrao_tune.schema import ERROR_TAG, ORPHAN_TAG, PARENT_TAG, TRIAL_ID_TAG
 from alrao_tune.tune.runner import experiment_trials, trials_frame
 from alrao_tune.tune.storage import Location
 
@@ -43,9 +44,6 @@ def resumed_frame(tree: Any, parent: str, grid: Any, run_ids: Mapping[str, str],
     frame = trials_frame(grid, {**trial_runs(tree, parent), **run_ids})
     reconcile_runs(tree, parent, frame, say)
     return frame
-
-
-ORPHAN_TAG = "alrao_tune.orphaned"
 
 
 def stage_children(tree: Any, stage_run: str) -> list[Any]:
@@ -101,7 +99,7 @@ def reconcile_runs(tree: Any, stage_run: str, frame: pd.DataFrame,
     return {"closed": closed, "orphans": orphans}
 
 
-class ResumeError(RuntimeError):
+class ResumeError(AlraoTuneError, RuntimeError):
     """``--resume`` found nothing (or nothing readable) to resume."""
 
 

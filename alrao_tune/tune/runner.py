@@ -19,6 +19,7 @@ from typing import Any
 
 import pandas as pd
 
+from alrao_tune.schema import TRIAL_COLUMNS
 from alrao_tune.tune.storage import Location
 from alrao_tune.tune.trainable import trial_config
 
@@ -31,13 +32,6 @@ MAX_FAILURES = 1
 # SIGKILL in between leaves a state naming a deleted checkpoint whatever the number; a
 # resumed trial then continues from a newer one (alrao_tune.tune.checkpoints).
 CHECKPOINTS_KEPT = 2
-
-TRIAL_COLUMNS = (
-    "trial_id", "stage", "proxy", "arch", "method", "seed", "status", "best_val_loss",
-    "best_val_acc",
-    "best_best_head_val_loss", "test_loss", "test_acc", "lr_eff", "epochs", "time_total_s",
-    "n_params", "lr", "momentum", "weight_decay", "error", "run_id", "node_id",
-)
 
 
 @dataclass

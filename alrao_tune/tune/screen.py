@@ -41,7 +41,8 @@ from typing import Any
 
 import pandas as pd
 
-from alrao_tune import report
+from alrao_tune.report import screening
+from alrao_tune.schema import KIND_TAG
 from alrao_tune.space import SearchSpace, load_space
 from alrao_tune.tune import stages
 from alrao_tune.tune.preflight import preflight
@@ -173,14 +174,14 @@ class _Pipeline:
         status = "FAILED"
         try:
             t1 = self._stage1(pipeline_run)
-            s1 = report.proxy_scores(t1, space.stage1.metric, space.stage1_mode)
+            s1 = screening.proxy_scores(t1, space.stage1.metric, space.stage1_mode)
             self.say(_format_stage1(s1, space.stage1.top_k))
             t2 = s2 = None
             if space.stage2.enabled:
                 t2 = self._stage2(pipeline_run, s1)
-                s2 = report.best_trials(t2, space.stage2.metric, space.stage2_mode)
+                s2 = screening.best_trials(t2, space.stage2.metric, space.stage2_mode)
             mode = space.stage2_mode if s2 is not None else space.stage1_mode
-            board = report.leaderboard(s1, s2, mode)
+            board = screening.leaderboard(s1, s2, mode)
             result = ScreenResult(space.name, t1, s1, t2, s2, board, "", tree.experiment_id,
                                   dict(self.run_ids), dict(self.timings), str(self.state.root))
             _log_pipeline_artifacts(tree, pipeline_run, space, result)
@@ -202,7 +203,7 @@ class _Pipeline:
         run_id = self.state.run_ids.get(key) if self.resume else None
         if run_id is None:
             run_id = self.tree.start(name, parent_run_id=parent, params=params,
-                                     tags={"alrao_tune.kind": key.split(":")[0]})
+                                     tags={KIND_TAG: key.split(":")[0]})
             self.state.record(key, run_id)
         elif self.state.is_done(key):
             if self.tree.client.get_run(run_id).info.status == "RUNNING":
@@ -241,7 +242,7 @@ class _Pipeline:
 
     def _stage2(self, pipeline_run: str, s1: pd.DataFrame) -> pd.DataFrame:
         space, s2 = self.space, self.space.stage2
-        chosen = report.top_k(s1, space.stage1.top_k)
+        chosen = screening.top_k(s1, space.stage1.top_k)
         self.say(f"stage 2: Optuna search over the learning rate for the top {len(chosen)}: "
                  f"{', '.join(chosen)} ({s2.trials_per_arch} trials each)")
         run = self._run("stage2", "stage2 (optuna)", pipeline_run)
@@ -284,7 +285,7 @@ class _Pipeline:
         return frame
 
     def _run_job(self, job: TuneJob, stage_run: str, label: str) -> pd.DataFrame:
-        from alrao_tune.tracking import MLflowTrialCallback
+        from alrao_tune.tracking.callback import MLflowTrialCallback
 
         callback = MLflowTrialCallback(self.tree, stage_run, trial_name_fn=_trial_name)
         total = job.num_samples if job.search_alg is not None else None
@@ -378,8 +379,8 @@ def _log_pipeline_artifacts(tree: Any, run_id: str, space: SearchSpace, r: Scree
 def _log_figures(tree: Any, run_id: str, space: SearchSpace, r: ScreenResult,
                  folder: Path) -> None:
     """Stage-1 learning curves and each top-k architecture's switch posterior, as PNGs."""
-    from alrao_tune import figures
     from alrao_tune.alrao.heads import head_learning_rates
+    from alrao_tune.report import figures
 
     folder.mkdir(parents=True, exist_ok=True)
     client = tree.client
@@ -388,17 +389,18 @@ def _log_figures(tree: Any, run_id: str, space: SearchSpace, r: ScreenResult,
     curves = {row.arch: [(m.step, m.value) for m in client.get_metric_history(row.run_id,
                                                                              "val_loss")]
               for row in first_seed.itertuples()}
-    path = figures.learning_curves(report.curves_frame(curves), folder / "stage1_curves.png",
+    path = figures.learning_curves(screening.curves_frame(curves),
+                                   folder / "stage1_curves.png",
                                    "stage 1: Alrao validation loss per architecture")
     tree.log_artifact(run_id, path, "figures")
     rates = head_learning_rates(space.alrao.n_heads, space.alrao.lr_min,
                                 space.alrao.lr_max).tolist()
-    for row in first_seed[first_seed["arch"].isin(report.top_k(r.stage1,
-                                                              space.stage1.top_k))].itertuples():
+    top = screening.top_k(r.stage1, space.stage1.top_k)
+    for row in first_seed[first_seed["arch"].isin(top)].itertuples():
         hist = {k: [(m.step, m.value) for m in client.get_metric_history(
             row.run_id, f"posterior/head_{k:02d}")] for k in range(len(rates))}
         path = figures.posterior_evolution(
-            report.posterior_frame(hist, rates),
+            screening.posterior_frame(hist, rates),
             folder / f"posterior_{stages.safe_name(row.arch)}.png",
             f"switch posterior over training: {row.arch}")
         tree.log_artifact(run_id, path, "figures")
@@ -428,7 +430,7 @@ def _figures_folder(root: Location) -> Iterator[Path]:
 def _faults(archs: list[dict[str, Any]]) -> dict[str, str]:
     """TEST-ONLY fault injection from the environment (see ``trainable.faults_from_env``),
     checked against the architectures before anything is written."""
-    from alrao_tune.config import ConfigError
+    from alrao_tune.train.config import ConfigError
     from alrao_tune.tune.trainable import faults_from_env
 
     try:

@@ -8,6 +8,8 @@ import os
 import socket
 from collections.abc import Iterator, Mapping
 
+from alrao_tune.errors import AlraoTuneError
+
 WAIT_ENV = "ALRAO_TUNE_WAIT_FOR_RESOURCES"
 
 # Quiet, lean defaults for a library driver (each can be overridden from the environment).
@@ -30,7 +32,7 @@ def set_ray_env() -> None:
         os.environ.setdefault(key, value)
 
 
-class ClusterError(RuntimeError):
+class ClusterError(AlraoTuneError, RuntimeError):
     """Ray cannot be reached at the given address, or no node can run a trial."""
 
 

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from alrao_tune.config import ConfigError
+from alrao_tune.train.config import ConfigError
 
 
 def is_uri(text: str | Path) -> bool:

@@ -3,7 +3,7 @@
 The trial config is a plain dict ``{"train": {...TrainConfig fields...}, "arch_name": ...,
 "stage": ...}`` plus, in stage 2, the searched values at the top level (``lr``,
 ``momentum``, ``weight_decay``) which override ``train``. It is converted once into a
-frozen :class:`~alrao_tune.config.TrainConfig`.
+frozen :class:`~alrao_tune.train.TrainConfig`.
 
 Every epoch reports the epoch's record (flat numbers, ``status``, and ``step_metrics``
 with per-step switch posteriors for the driver-side MLflow callback) plus running bests
@@ -35,15 +35,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from alrao_tune.config import TrainConfig
 from alrao_tune.data import DatasetSplits, load_dataset
+from alrao_tune.schema import CHECKPOINT_FILE, RESTORED_KEY
+from alrao_tune.train.config import TrainConfig
 
-CHECKPOINT_FILE = "trainer.pt"
-# In the first report after a restore: the metrics of every epoch the checkpoint holds (as
-# reported then). The MLflow callback logs those past the run's last logged step: a
-# SIGKILL just after Tune deleted the checkpoint its saved state names makes the trial
-# continue from a newer one, whose epochs MLflow may not have (``tune/checkpoints.py``).
-RESTORED_KEY = "restored_records"
 SEARCHED_KEYS = ("lr", "momentum", "weight_decay")
 # Test-only fault injection (reliability tests and ``alrao-tune bench soak``), trial
 # config key "fault": "crash_once:<marker file>" makes the worker process exit abruptly
@@ -186,7 +181,7 @@ def apply_lr_find(cfg: TrainConfig, data: DatasetSplits, how: str) -> TrainConfi
     ``[r * 1e-4, r]`` where ``r`` is the rate at the range test's minimum loss, i.e. four
     decades that end where training starts to blow up.
     """
-    from alrao_tune.lr_find import lr_find
+    from alrao_tune.train.lr_finder import lr_find
 
     found = lr_find(cfg.replace(method="sgd"), data, num_iter=100, start_lr=1e-6, end_lr=10.0)
     if how == "1cycle":

@@ -176,45 +176,70 @@ def trial_index(checkpoint: Path) -> int:
 
 def trials_at(folder: Path) -> dict[str, dict]:
     """Per Tune trial of the experiment in ``folder``: status, the checkpoint its state
-    names, its last result, and ``resume_epoch``: the epochs done in the checkpoint a
-    resume continues from (the named one; if a kill landed just after Tune deleted it,
-    the trial's remaining checkpoint with the fewest epochs, see ``tune/checkpoints.py``)."""
+    names, its last result, ``resume_epoch``: the epochs done in the checkpoint a resume
+    continues from (the named one; if a kill landed while Tune deleted it, the trial's
+    newest complete checkpoint, see ``tune/checkpoints.py``), and ``incomplete``: its
+    checkpoint folders without a readable ``trainer.pt``."""
+    from alrao_tune.train import CheckpointError
     from alrao_tune.tune.checkpoints import usable_checkpoint
     from alrao_tune.tune.runner import experiment_trials
 
     out = {}
     for t in experiment_trials(folder):
         named = Path(t.checkpoint.path) if t.checkpoint is not None else None
-        resume_epoch = None
+        resume_epoch, incomplete = None, []
         if named is not None:
-            replacement, _ = usable_checkpoint(t.checkpoint)
-            resume_epoch = epoch_of(Path(replacement) if replacement else named)
+            incomplete = [p for p in sorted(named.parent.glob("checkpoint_*"))
+                          if epoch_of(p) is None]
+            try:
+                replacement, _ = usable_checkpoint(t.checkpoint)
+                resume_epoch = epoch_of(Path(replacement) if replacement else named)
+            except CheckpointError:
+                pass  # nothing to continue from: the resume refuses (see test_reliability)
         out[t.trial_id] = {"status": t.status, "checkpoint": str(named) if named else None,
-                           "resume_epoch": resume_epoch,
+                           "resume_epoch": resume_epoch, "incomplete": incomplete,
                            "last_result": dict(t.last_result or {})}
     return out
 
 
-def epoch_of(checkpoint: Path) -> int:
+def epoch_of(checkpoint: Path) -> int | None:
+    """The epochs done in a checkpoint folder; None for an incomplete one (no readable
+    ``trainer.pt``: a kill landed while Tune wrote or deleted it)."""
     import torch
 
-    return torch.load(checkpoint / "trainer.pt", weights_only=True)["loop"]["epoch"]
+    try:
+        return torch.load(checkpoint / "trainer.pt", weights_only=True)["loop"]["epoch"]
+    except (OSError, RuntimeError, EOFError, KeyError):
+        return None
+
+
+def incomplete_checkpoints(folder: Path | None) -> list[Path]:
+    """The ``checkpoint_*`` folders under a Tune experiment folder without a readable
+    ``trainer.pt``."""
+    if folder is None:
+        return []
+    return sorted(p for p in folder.glob("*/checkpoint_*") if epoch_of(p) is None)
 
 
 def vanish_named_checkpoint(folder: Path) -> tuple[str, Path, int] | None:
     """What a SIGKILL between Tune deleting a checkpoint and saving the experiment state
     that names its successor leaves: the state names a folder that is gone (Tune refuses
     to restore from it), the trial's other checkpoints are there. Done to one unfinished
-    trial, preferring one with a newer checkpoint than the named one (its resume continues
-    from there: epochs MLflow may lack). Returns the trial id, the named folder and the
-    epochs done in the checkpoint the resume will continue from."""
+    trial with a complete named checkpoint, preferring one with a newer complete
+    checkpoint (its resume continues from the newest: epochs MLflow may lack). Returns the
+    trial id, the named folder and the epochs done in the checkpoint the resume will
+    continue from."""
     candidates = []
     for trial_id, trial in trials_at(folder).items():
-        if trial["status"] != "TERMINATED" and trial["checkpoint"] is not None:
-            named = Path(trial["checkpoint"])
-            newer = [epoch_of(p) for p in named.parent.glob("checkpoint_*")
-                     if p != named and epoch_of(p) > epoch_of(named)]
-            candidates.append((not newer, trial_id, named, min(newer, default=None)))
+        if trial["status"] == "TERMINATED" or trial["checkpoint"] is None:
+            continue
+        named = Path(trial["checkpoint"])
+        named_epoch = epoch_of(named)
+        if named_epoch is None:
+            continue  # already incomplete: the resume treats it as gone by itself
+        newer = [e for e in (epoch_of(p) for p in named.parent.glob("checkpoint_*")
+                             if p != named) if e is not None and e > named_epoch]
+        candidates.append((not newer, trial_id, named, max(newer, default=None)))
     if not candidates:
         return None
     _, trial_id, named, newer = min(candidates, key=lambda c: c[0])
