@@ -39,6 +39,7 @@ from alrao_tune.schema import head_key
 from alrao_tune.train.config import TrainConfig
 from alrao_tune.train.history import History
 from alrao_tune.train.schedule import build_schedule
+from alrao_tune.train.step import make_step
 from alrao_tune.zoo import ArchError, build_model, count_parameters
 
 EpochCallback = Callable[[dict[str, Any], "Trainer"], None]
@@ -85,6 +86,7 @@ class Trainer:
         self.schedule = build_schedule(
             self.optimizer, config.schedule, epochs=config.epochs,
             steps_per_epoch=self.steps_per_epoch, has_momentum=self._has_momentum())
+        self._step_fn = make_step(self._loss, self.optimizer, compile=config.compile)
         self.shuffle_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 1)
         self.aug_gen = torch.Generator(device=self.device).manual_seed(config.seed + 7)
         self.step_hooks: list[StepHook] = []
@@ -194,16 +196,16 @@ class Trainer:
             posteriors.append((self.global_step, model.switch.posterior.detach().clone()))
         return float(total) / max(seen, 1), posteriors
 
-    def _step(self, xb: Tensor, yb: Tensor) -> Tensor:
-        self.optimizer.zero_grad(set_to_none=True)
+    def _loss(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """(loss to backpropagate, loss to report): Alrao's training loss or the task loss."""
         if self.is_alrao:
             out = self.model.training_loss(xb, yb, with_output=False)
-            out.loss.backward()
-            loss = out.model_loss
-        else:
-            loss = task_loss(self.model(xb), yb, self.task)
-            loss.backward()
-        self.optimizer.step()
+            return out.loss, out.model_loss
+        loss = task_loss(self.model(xb), yb, self.task)
+        return loss, loss.detach()
+
+    def _step(self, xb: Tensor, yb: Tensor) -> Tensor:
+        loss = self._step_fn(xb, yb)  # zero_grad, loss, backward, optimizer step
         self.schedule.step_batch()
         return loss
 

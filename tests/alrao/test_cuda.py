@@ -19,8 +19,8 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 
 def _model(dtype: torch.dtype = torch.float32) -> AlraoModel:
     torch.manual_seed(0)
-    body = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU(),
-                         nn.Flatten(), nn.Linear(8 * 6, 16), nn.LayerNorm(16), nn.ReLU())  # fmt: skip
+    body = nn.Sequential(nn.Conv1d(2, 8, 3, padding=1), nn.BatchNorm1d(8), nn.ReLU(), nn.Flatten(),
+                         nn.Linear(8 * 6, 16), nn.LayerNorm(16), nn.ReLU())  # fmt: skip
     return AlraoModel(body, 16, 3, n_heads=4).to("cuda", dtype)
 
 

@@ -1,4 +1,5 @@
-"""Alrao on modern architectures: Hugging Face models from tiny configs, torch transformers.
+"""Alrao on modern architectures: Hugging Face models from tiny configs, torch's
+TransformerEncoder and the zoo's transformer family.
 
 For each model: ``from_model`` finds and replaces its classifier, one AlraoSGD step moves every
 parameter by exactly ``-rate_f * grad`` with one rate per (inferred) feature, and 30 steps on
@@ -16,6 +17,8 @@ import torch
 from torch import Tensor, nn
 
 from alrao_tune.alrao import AlraoModel, AlraoSGD, describe_features
+from alrao_tune.data import DataInfo
+from alrao_tune.zoo import build_model
 from tests.alrao.helpers import (
     LR_MAX,
     LR_MIN,
@@ -86,6 +89,13 @@ MODELS: dict[str, tuple[Callable[[], nn.Module], Callable[[], Any], str]] = {
         neck_hidden_sizes=[8, 8, 16, 16, 16, 32, 32], num_attention_heads=2,
         num_labels=N_CLASSES)), image(32, n=4), "classifier"),
     "torch_transformer_encoder": (TorchTransformer, text, "fc"),
+    "zoo_transformer_vector": (lambda: build_model(
+        {"family": "transformer", "dim": 16, "depth": 1, "heads": 2},
+        DataInfo("vector", (40,), N_CLASSES)), lambda: torch.randn(N, 40, dtype=torch.float64),
+        "classifier"),
+    "zoo_transformer_image": (lambda: build_model(
+        {"family": "transformer", "dim": 16, "depth": 1, "heads": 2, "pool": "mean"},
+        DataInfo("image", (3, 8, 8), N_CLASSES)), image(8), "classifier"),
 }  # fmt: skip
 
 
