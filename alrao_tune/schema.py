@@ -16,7 +16,7 @@ DATASETS = ("mnist1d", "digits", "cifar10", "text", "synthetic", "blobs")
 PATH_DATASETS = ("cifar10", "text")  # need dataset.options.path
 # The architecture families of ``alrao_tune.zoo`` (its option schemas are keyed by these).
 FAMILIES = ("mlp", "cnn1d", "cnn2d", "mobilenet", "inception", "resnet", "gru", "lstm",
-            "cnn_gru")
+            "cnn_gru", "transformer")
 # The learning-rate schedules of ``alrao_tune.train.schedule`` and their options.
 SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
     "constant": (),

@@ -72,7 +72,8 @@ class Dataset(_Model):
 
 
 class Training(_Model):
-    """``training``: epochs, batch size, early stopping, time budget, device, LR schedule."""
+    """``training``: epochs, batch size, early stopping, time budget, device, LR schedule,
+    torch.compile."""
 
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -82,6 +83,7 @@ class Training(_Model):
     device: str = "auto"
     schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "constant"})
     posterior_every: int = Field(10, ge=0)  # switch posterior logged every N steps (0: per epoch)
+    compile: bool = False  # torch.compile the training step (alrao_tune.train.step)
 
     @field_validator("device")
     @classmethod

@@ -58,6 +58,8 @@ class TrainConfig:
             group learning rate, so for Alrao it scales every per-feature rate at once.
         posterior_every: record the switch posterior every this many steps (0: per epoch only).
         eval_batch_size: batch size of evaluation passes.
+        compile: run the training step (forward, backward, optimizer step) through
+            ``torch.compile`` (see :mod:`alrao_tune.train.step`); evaluation stays eager.
     """
 
     dataset: str = "mnist1d"
@@ -84,6 +86,7 @@ class TrainConfig:
     schedule: Mapping[str, Any] = field(default_factory=lambda: {"name": "constant"})
     posterior_every: int = 0
     eval_batch_size: int = 1024
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)

@@ -67,11 +67,11 @@ class PlainMethod:
         return model, torch.optim.Adam(model.parameters(), lr=cfg.lr,
                                        weight_decay=cfg.weight_decay)
 
-    def step_loss(self, model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
-        """Backpropagates one batch's loss; returns it (to record)."""
+    def batch_loss(self, model: nn.Module, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss to backpropagate, detached loss to record)`` of one batch. No backward
+        here: the step function (``train/step.py``) runs it, eager or compiled."""
         loss = task_loss(model(xb), yb, self.task)
-        loss.backward()
-        return loss
+        return loss, loss.detach()
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """Called after every optimizer step (``step``: the global step count)."""
@@ -126,10 +126,9 @@ class AlraoMethod(PlainMethod):
             self._feature_log10 = torch.cat([r.detach().float().cpu() for r in rates]).log10()
         return model, opt
 
-    def step_loss(self, model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
+    def batch_loss(self, model: nn.Module, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         out = model.training_loss(xb, yb, with_output=False)
-        out.loss.backward()
-        return out.model_loss
+        return out.loss, out.model_loss
 
     def after_step(self, model: nn.Module, step: int) -> None:
         every = self.config.posterior_every

@@ -35,6 +35,8 @@ def train_config(space: SearchSpace, arch: dict[str, Any], *, method: str, seed:
         "min_epochs": t.min_epochs, "time_budget_s": t.time_budget_s,
         "device": device_for(space), "schedule": dict(t.schedule),
     }
+    if t.compile:  # only when asked, so existing trial configs stay as they were
+        cfg["compile"] = True
     if method == "alrao":
         a = space.alrao
         cfg.update(lr_min=a.lr_min, lr_max=a.lr_max, n_heads=a.n_heads, theta=a.theta,

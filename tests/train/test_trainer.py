@@ -165,6 +165,8 @@ FAMILIES = [
     ("digits", {"family": "resnet", "widths": [4, 8], "stem_channels": 4}),
     ("text", {"family": "gru", "hidden": 8, "embedding_dim": 8}),
     ("text", {"family": "lstm", "hidden": 8, "embedding_dim": 8}),
+    ("mnist1d", {"family": "transformer", "dim": 8, "depth": 1, "heads": 2, "patch_size": 8}),
+    ("text", {"family": "transformer", "dim": 8, "depth": 1, "heads": 2}),
 ]
 
 
