@@ -1,4 +1,6 @@
-"""ONE training loop for ``method = alrao | sgd | adam``.
+"""ONE training loop for ``method = alrao | sgd | adam`` and the learning-rate-free methods
+(``prodigy``, ``dadapt_sgd``, ``dadapt_adam``, ``schedulefree_sgd``, ``schedulefree_adamw``:
+see :mod:`alrao_tune.train.optimizers`).
 
 The same architecture trained with Alrao, with SGD at a given learning rate or with Adam
 differs only in the optimizer (and, for Alrao, the K output heads): that is what makes
@@ -38,6 +40,7 @@ from alrao_tune.errors import AlraoTuneError
 from alrao_tune.schema import head_key
 from alrao_tune.train.config import TrainConfig
 from alrao_tune.train.history import History
+from alrao_tune.train.optimizers import adapted_lr, build_optimizer, eval_mode, train_mode
 from alrao_tune.train.schedule import build_schedule
 from alrao_tune.zoo import ArchError, build_model, count_parameters
 
@@ -108,12 +111,9 @@ class Trainer:
         cfg = self.config
         if not self.is_alrao:
             model = zoo_model.to(self.device)
-            if cfg.method == "sgd":
-                opt: torch.optim.Optimizer = torch.optim.SGD(
-                    model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                    weight_decay=cfg.weight_decay, nesterov=cfg.nesterov)
-            else:
-                opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            opt = build_optimizer(cfg.method, model.parameters(), lr=cfg.lr,
+                                  momentum=cfg.momentum, weight_decay=cfg.weight_decay,
+                                  nesterov=cfg.nesterov)
             return model, opt
         model = AlraoModel(
             zoo_model.preclassifier, zoo_model.feature_dim, self.data.n_outputs,
@@ -131,8 +131,11 @@ class Trainer:
         return model, opt
 
     def _has_momentum(self) -> bool:
-        return self.config.method == "adam" or (
-            self.is_alrao and self.config.alrao_optimizer == "adam") or self.config.momentum > 0
+        """Whether a cyclic schedule may cycle momentum (learning-rate-free methods: no)."""
+        cfg = self.config
+        if self.is_alrao:
+            return cfg.alrao_optimizer == "adam" or cfg.momentum > 0
+        return cfg.method == "adam" or (cfg.method == "sgd" and cfg.momentum > 0)
 
     def _body_feature_log10(self) -> Tensor | None:
         """log10 of every body feature rate (heads excluded), for the decade share."""
@@ -155,6 +158,8 @@ class Trainer:
         """Runs one epoch of training plus validation and updates the stopping state."""
         t0 = time.perf_counter()
         train_loss, step_posteriors = self._train_steps()
+        eval_mode(self.optimizer, self.model, iterate_batches(  # schedule-free only
+            self._tensors[0], self._tensors[1], self.config.batch_size, shuffle=False))
         train_s = time.perf_counter() - t0
         val = self.evaluate(self._tensors[2], self._tensors[3])
         eval_s = time.perf_counter() - t0 - train_s
@@ -172,6 +177,7 @@ class Trainer:
     def _train_steps(self) -> tuple[float, list[tuple[int, Tensor]]]:
         cfg, model = self.config, self.model
         model.train()
+        train_mode(self.optimizer)  # schedule-free only
         x, y = self._tensors[0], self._tensors[1]
         total = torch.zeros((), device=self.device)
         seen, posteriors = 0, []
@@ -257,6 +263,8 @@ class Trainer:
         }
         if "acc" in val:
             rec["val_acc"] = val["acc"]
+        if (d_lr := adapted_lr(self.optimizer)) is not None:
+            rec["adapted_lr"] = d_lr  # D-Adaptation / Prodigy: the step size it found
         if self.is_alrao:
             rec.update(self._alrao_metrics(val, step_posteriors))
         return rec
