@@ -71,7 +71,8 @@ def compare_trials(space: SearchSpace, seeds: Sequence[int]) -> list[dict[str, A
                 trials.append(trial("sgd_default", "sgd", lr=c.default_lr,
                                     momentum=c.momentum[0]))
             if c.adam:
-                trials.append(trial("adam", "adam", lr=1e-3))
+                trials.append(trial("adam", "adam", lr=stages.ADAM_DEFAULT_LR))
+            trials += [trial(m, m) for m in c.lr_free]
             trials.append(trial("alrao", "alrao"))
             trials += [trial(f"alrao_momentum{m:g}", "alrao", momentum=m)
                        for m in c.alrao_momentum]

@@ -224,9 +224,10 @@ class _Pipeline:
     def _stage1(self, pipeline_run: str) -> pd.DataFrame:
         space = self.space
         n = len(self.archs) * len(space.stage1.seeds)
+        proxy = space.stage1.proxy
         self.say(f"stage 1: {len(self.archs)} architectures x {len(space.stage1.seeds)} seed(s)"
-                 f" = {n} Alrao trials")
-        run = self._run("stage1", "stage1 (alrao)", pipeline_run)
+                 f" = {n} {proxy} trials")
+        run = self._run("stage1", f"stage1 ({proxy})", pipeline_run)
         param_space = stages.stage1_param_space(space)
         if self.faults:  # test-only, see trainable.FAULT_KEY
             grid = param_space["trial"]["grid_search"]
