@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -160,3 +161,54 @@ def curve_points(curves: pd.DataFrame, grid_seconds: float) -> pd.DataFrame:
     return pd.DataFrame({"strategy": points["strategy"], "repeat": points["repeat"],
                          "share": points["seconds"] / grid_seconds if grid_seconds
                          else math.nan, "regret": points["regret"]}).reset_index(drop=True)
+
+
+def strategy_report(logs: pd.DataFrame, trials: pd.DataFrame, momentum: float,
+                    target: float = TARGET) -> dict[str, Any]:
+    """Every table of the strategies' comparison against the grid (SGD at ``momentum``) in
+    ``trials``: the truth, the grid's compute on one seed, the compute to ``target`` per
+    strategy, the regret at :data:`BUDGETS` of the grid's trial-seconds and epochs, and the
+    curves."""
+    arch, acc = truth_best(trials, momentum)
+    seconds, epochs = grid_compute(trials, momentum)
+    curves = anytime_curve(logs, acc)
+    return {"truth": {"arch": arch, "test_acc": acc, "momentum": momentum, "target": target},
+            "grid": {"seconds": seconds, "epochs": epochs},
+            "targets": target_table(curves, seconds, epochs, target),
+            "budgets": budget_table(curves, seconds, "seconds"),
+            "budgets_epochs": budget_table(curves, epochs, "epochs"),
+            "curves": curves}
+
+
+def strategies_markdown(rep: dict[str, Any]) -> str:
+    """The strategies' section of the compare report (markdown)."""
+    t, g = rep["truth"], rep["grid"]
+    budgets = rep["budgets"].pivot_table(index="strategy", columns="budget_share",
+                                         values="regret_mean", sort=False)
+    budgets.columns = [f"regret at {c:.0%}" for c in budgets.columns]
+    return "".join([
+        "\n### Screening strategies at equal compute\n\n",
+        f"Truth: {t['arch']} at its best SGD rate (momentum {t['momentum']:g}), test accuracy "
+        f"{100 * t['test_acc']:.2f}%. Grid on one seed: {g['seconds']:.0f} trial-seconds, "
+        f"{g['epochs']:.0f} epochs.\n\n",
+        f"Compute to a regret of {t['target']:g} points or less (mean over repeats; inf: some "
+        "repeat never got there):\n\n",
+        rep["targets"].to_markdown(index=False, floatfmt=".3g"),
+        "\n\nRegret (points) at fixed shares of the grid's trial-seconds (mean over the "
+        "repeats with an answer by then):\n\n",
+        budgets.reset_index().to_markdown(index=False, floatfmt=".2f"),
+        "\n\nThe same by epochs:\n\n",
+        rep["budgets_epochs"].to_markdown(index=False, floatfmt=".3g"), "\n"])
+
+
+def strategy_metrics(rep: dict[str, Any]) -> dict[str, float]:
+    """Finite numbers of the strategies' report as MLflow metrics of the compare run."""
+    out: dict[str, float] = {}
+    for row in rep["targets"].itertuples():
+        out[f"strategy/{row.strategy}/share_to_target"] = row.share_to_target
+        out[f"strategy/{row.strategy}/epoch_share_to_target"] = row.epoch_share_to_target
+        out[f"strategy/{row.strategy}/final_regret"] = row.final_regret
+    for row in rep["budgets"].itertuples():
+        out[f"strategy/{row.strategy}/regret_at_{round(100 * row.budget_share)}pct"] = \
+            row.regret_mean
+    return {k: float(v) for k, v in out.items() if math.isfinite(v)}

@@ -159,8 +159,10 @@ class _Pipeline:
 
     def __init__(self, space: SearchSpace, archs: list[dict[str, Any]], tree: Any,
                  base: Location, say: Progress, state: PipelineState | None = None,
-                 faults: dict[str, str] | None = None, settings: str | None = None) -> None:
+                 faults: dict[str, str] | None = None, settings: str | None = None,
+                 parent_run_id: str | None = None) -> None:
         self.space, self.archs, self.tree, self.say = space, archs, tree, say
+        self.parent_run_id = parent_run_id  # compare's strategy run; None: a top-level run
         self.resume = state is not None
         self.state = state if state is not None else PipelineState.create(base, settings)
         self.faults = faults or {}
@@ -170,7 +172,8 @@ class _Pipeline:
 
     def run(self) -> ScreenResult:
         space, tree = self.space, self.tree
-        pipeline_run = self._run("pipeline", f"screen {space.name}", None, _space_params(space))
+        pipeline_run = self._run("pipeline", f"screen {space.name}", self.parent_run_id,
+                                 _space_params(space))
         status = "FAILED"
         try:
             t1 = self._stage1(pipeline_run)
@@ -394,6 +397,8 @@ def _log_figures(tree: Any, run_id: str, space: SearchSpace, r: ScreenResult,
                                    folder / "stage1_curves.png",
                                    "stage 1: Alrao validation loss per architecture")
     tree.log_artifact(run_id, path, "figures")
+    if space.stage1.proxy != "alrao":
+        return  # no switch posterior to draw
     rates = head_learning_rates(space.alrao.n_heads, space.alrao.lr_min,
                                 space.alrao.lr_max).tolist()
     top = screening.top_k(r.stage1, space.stage1.top_k)
