@@ -5,24 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from alrao_tune.data import load_dataset
 from alrao_tune.schema import LR_FREE_METHODS
 from alrao_tune.train import ConfigError, TrainConfig, Trainer, fit
 from alrao_tune.train.optimizers import build_optimizer, is_schedule_free
-
-BLOBS = {"n_train": 400, "n_features": 8, "n_classes": 3}
-
-
-@pytest.fixture(scope="module")
-def blobs():
-    return load_dataset("blobs", seed=0, **BLOBS)
+from tests.train.test_trainer import config as alrao_config
 
 
 def config(**changes) -> TrainConfig:
-    base = TrainConfig(
-        dataset="blobs", dataset_options=BLOBS, arch={"family": "mlp", "widths": [16]},
-        method="prodigy", epochs=4, batch_size=32, patience=None, device="cpu")
-    return base.replace(**changes)
+    return alrao_config(**{"method": "prodigy", **changes})
 
 
 @pytest.mark.parametrize("method", LR_FREE_METHODS)
