@@ -116,3 +116,20 @@ def test_truth_best_and_grid_compute_on_a_trials_table():
     assert anytime.truth_best(trials, 0.0) == ("m2", 0.8125)
     # one seed's grid: 4 runs of 10 s and 4 epochs
     assert anytime.grid_compute(trials, 0.0) == (40.0, 16.0)
+
+
+def test_dashboard_reads_the_strategies_from_compare_json():
+    from alrao_tune.report import store_compare as rc
+
+    c = curves()
+    rep = {"grid": {"seconds": 100.0, "epochs": 50.0},
+           "curves": [{k: (None if isinstance(v, float) and math.isnan(v) else v)
+                       for k, v in r.items()} for r in c.to_dict("records")],
+           "targets": [{"strategy": "a", "reached": 1}], "budgets": []}
+    data = rc.CompareData("run", "0", {"strategies": rep}, pd.DataFrame())
+    tables = rc.strategy_tables(data)
+    # one point per trial with an answer, compute as a share of the grid's trial-seconds
+    assert tables["points"]["share"].tolist() == [0.2, 0.3, 0.4, 0.8, 0.6, 0.9]
+    assert tables["points"]["strategy"].tolist() == ["a"] * 4 + ["b"] * 2
+    assert tables["targets"].to_dict("records") == [{"strategy": "a", "reached": 1}]
+    assert rc.strategy_tables(rc.CompareData("run", "0", {}, pd.DataFrame())) == {}
