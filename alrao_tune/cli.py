@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -302,13 +304,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def configure_process() -> None:
+    """What the command line sets up for its own process, and library functions never do:
+    the environment defaults of Ray (:data:`~alrao_tune.tune.session.RAY_ENV_DEFAULTS`:
+    quiet Tune, Ctrl-C raising ``KeyboardInterrupt``) and MLflow
+    (:data:`~alrao_tune.tracking.MLFLOW_ENV_DEFAULTS`), each kept when already set, and
+    logging: the progress lines are alrao_tune's own; MLflow's and Alembic's database
+    set-up chatter, Ray Tune's and Optuna's INFO messages are hidden."""
+    from alrao_tune.tracking.runs import MLFLOW_ENV_DEFAULTS
+    from alrao_tune.tune.session import RAY_ENV_DEFAULTS
+
+    for key, value in {**RAY_ENV_DEFAULTS, **MLFLOW_ENV_DEFAULTS}.items():
+        os.environ.setdefault(key, value)
+    levels = {"mlflow": logging.WARNING, "alembic": logging.WARNING, "optuna": logging.WARNING,
+              "ray.tune": logging.ERROR, "ray.train": logging.ERROR, "ray.air": logging.ERROR}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alrao-tune`` console script."""
     args = build_parser().parse_args(argv)
-    import logging
-
-    for name in ("mlflow", "alembic"):  # database set-up chatter
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_process()
     try:
         return int(args.func(args))
     except AlraoTuneError as err:

@@ -157,6 +157,11 @@ class AlraoModel(nn.Module):
                 output = self._average(mix_out, logpost).reshape(*lead, -1)
         return AlraoLoss(mix_loss + head_loss, mix_loss.detach(), head_nll.detach(), output)
 
+    def average(self, head_out: Tensor) -> Tensor:
+        """The switch-averaged prediction from the heads' outputs ``[..., K, C]`` (what
+        :meth:`forward` returns from the same features), non-finite heads left out."""
+        return self._average(head_out, self.switch.log_posterior)
+
     def _finite_heads_posterior(self, bad: Tensor, dtype: torch.dtype) -> Tensor:
         """Current log posterior with the ``bad`` heads removed and renormalised.
 

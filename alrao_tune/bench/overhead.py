@@ -133,7 +133,7 @@ def loop_overhead(epochs: int = 3, method: str = "alrao") -> dict[str, float]:
         bare.model.train()
         for xb, yb in iterate_batches(data.x_train, data.y_train, cfg.batch_size,
                                       shuffle=True, generator=gen):
-            bare._step(xb, yb)
+            bare.train_step(xb, yb)
         totals["bare"] += time.perf_counter() - t0
         rec = trainer.train_epoch()
         totals["train"] += rec["train_time_s"]

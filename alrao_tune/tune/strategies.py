@@ -112,7 +112,9 @@ def run_strategy(ctx: StrategyContext, strategy: str, repeat: int) -> pd.DataFra
 
 
 def _two_stage(ctx: StrategyContext, strategy: str, repeat: int, run: str) -> pd.DataFrame:
-    from alrao_tune.tune.screen import _Pipeline
+    from alrao_tune.tune.driver import Pipeline
+    from alrao_tune.tune.resume import JobState, settings_fingerprint
+    from alrao_tune.tune.screen import _Screening, _space_params
 
     space = ctx.space
     proxy = strategy.removeprefix("two_stage").removeprefix("_") or space.stage1.proxy
@@ -122,10 +124,13 @@ def _two_stage(ctx: StrategyContext, strategy: str, repeat: int, run: str) -> pd
             "seeds": [repeat], "proxy": proxy, "top_k": min(max(KS), len(archs)),
             "metric": "val_loss"}),
         "stage2": space.stage2.model_copy(update={"seed": repeat, "enabled": True})})
-    base = ctx.root / f"{strategy}-r{repeat}-{time.strftime('%Y%m%d-%H%M%S')}"
     ctx.say(f"strategy {strategy} repeat {repeat}: screen with {proxy}, stage 2 on the top "
             f"{variant.stage1.top_k}")
-    result = _Pipeline(variant, archs, ctx.tree, base, ctx.say, parent_run_id=run).run()
+    state = JobState.create(ctx.root / f"{strategy}-r{repeat}", "pipeline",
+                            settings_fingerprint(variant.model_dump(mode="json")))
+    result = Pipeline(ctx.tree, state, ctx.say, resume=False).run(
+        "pipeline", f"screen {variant.name}", _space_params(variant),
+        _Screening(variant, archs).run, parent_run_id=run)
     root = Location.parse(result.storage)
     stage1, stage2 = _grid_log(root, "stage1"), _grid_log(root, "stage2")
     return anytime.two_stage_logs(stage1, stage2, list(result.stage1["arch"]), KS, strategy)
@@ -165,8 +170,8 @@ def trial_log(grid: Any, strategy: str) -> pd.DataFrame:
 
 def _search(ctx: StrategyContext, strategy: str, repeat: int, run: str) -> pd.DataFrame:
     from alrao_tune.tracking.callback import MLflowTrialCallback
+    from alrao_tune.tune.driver import progress_callback
     from alrao_tune.tune.runner import TuneJob, run_job
-    from alrao_tune.tune.screen import _ProgressCallback
 
     space = ctx.space
     grid = space.compare.lr_values()
@@ -183,7 +188,7 @@ def _search(ctx: StrategyContext, strategy: str, repeat: int, run: str) -> pd.Da
         mode="min", num_samples=cap, search_alg=searcher,
         scheduler=_asha(space) if strategy.startswith("asha") else None,
         stop=EpochBudget(ctx.budget_epochs),
-        callbacks=[callback, _ProgressCallback(ctx.say, strategy, cap, _name)])
+        callbacks=[callback, progress_callback(ctx.say, strategy, cap, _name, 0)])
     try:
         result = run_job(job)
     finally:

@@ -113,7 +113,7 @@ def test_resume_with_other_settings_exits_2_and_writes_nothing(compared, tmp_pat
     uri, out, _ = compared
     shutil.copytree(out.parent / "runs", tmp_path / "runs")
     shutil.copyfile(out.parent / "mlflow.db", tmp_path / "mlflow.db")
-    state_file = next((tmp_path / "runs").glob("tinycmp/compare-*/compare.json"))
+    state_file = next((tmp_path / "runs").glob("tinycmp/compare-*/pipeline.json"))
     state = json.loads(state_file.read_text())
     assert state["settings"]  # the fingerprint of the runs it was started with
     state_file.write_text(json.dumps({**state, "status": "RUNNING"}))  # as if interrupted

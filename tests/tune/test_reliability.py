@@ -321,18 +321,17 @@ STEPS_PER_EPOCH = 10  # ceil(300 / 32)
 
 @pytest.fixture(scope="module")
 def faulty(ray_local, tmp_path_factory):
+    from alrao_tune.bench.faults import faulty_trainable
+    from alrao_tune.tune.screen import screen
+
     tmp = tmp_path_factory.mktemp("faulty")
     marker = tmp / "crashed"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ALRAO_TUNE_FAULTS", json.dumps(
-        {"twin-b": f"crash_once:{marker}", "raiser": "raise", "nan": "nan"}))
-    try:
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        code = main(["screen", str(write_space(tmp, FAULTY)), "--tracking-uri", uri,
-                     "--storage", str(tmp / "runs"), "--output", str(tmp / "out")])
-    finally:
-        mp.undo()
-    assert code == 0
+    # the faults come with the trainable (production code reads no fault setting)
+    trainable = faulty_trainable(
+        {"twin-b": f"crash_once:{marker}", "raiser": "raise", "nan": "nan"})
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    screen(write_space(tmp, FAULTY), tracking_uri=uri, storage=tmp / "runs",
+           output=tmp / "out", progress=None, trainable=trainable)  # raises on failure
     results = json.loads((tmp / "out" / "results.json").read_text())
     return {"tmp": tmp, "uri": uri, "marker": marker, "results": results}
 
