@@ -184,7 +184,7 @@ def strategies_markdown(rep: dict[str, Any]) -> str:
     """The strategies' section of the compare report (markdown)."""
     t, g = rep["truth"], rep["grid"]
     budgets = rep["budgets"].pivot_table(index="strategy", columns="budget_share",
-                                         values="regret_mean", sort=False)
+                                         values="regret_mean", sort=False, dropna=False)
     budgets.columns = [f"regret at {c:.0%}" for c in budgets.columns]
     return "".join([
         "\n### Screening strategies at equal compute\n\n",

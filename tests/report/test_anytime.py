@@ -133,3 +133,16 @@ def test_dashboard_reads_the_strategies_from_compare_json():
     assert tables["points"]["strategy"].tolist() == ["a"] * 4 + ["b"] * 2
     assert tables["targets"].to_dict("records") == [{"strategy": "a", "reached": 1}]
     assert rc.strategy_tables(rc.CompareData("run", "0", {}, pd.DataFrame())) == {}
+
+
+def test_markdown_keeps_a_strategy_without_an_answer_at_any_budget():
+    rep = anytime.strategy_report(
+        B0.assign(returnable=False), pd.DataFrame(TRUTH_ROWS), momentum=0.0)
+    text = anytime.strategies_markdown(rep)
+    # no answer at any budget: the row is there, with empty cells, not dropped
+    assert "| b          |" in text and "regret at 50%" in text
+
+
+TRUTH_ROWS = [{"arch": "m1", "seed": 0, "proxy": "sgd", "lr": 0.1, "momentum": 0.0,
+               "status": "completed", "best_val_loss": 0.5, "best_val_acc": 0.9,
+               "test_acc": 0.9, "time_total_s": 100.0, "epochs": 10}]
