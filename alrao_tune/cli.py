@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from alrao_tune.errors import EXIT_USAGE, AlraoTuneError
+from alrao_tune.schema import LR_FREE_METHODS
 
 EXIT_INTERRUPTED = 130  # as a shell reports a SIGINT
 
@@ -249,7 +250,8 @@ def _add_train(sub: Any) -> None:
                    help="dataset option, e.g. n_train=1000 or path=/data/cifar-10-batches-py")
     t.add_argument("--arch", default="cnn1d",
                    help="a family name (cnn1d), a JSON spec, or a builder module:function")
-    t.add_argument("--method", choices=("alrao", "sgd", "adam"), default="alrao")
+    t.add_argument("--method", choices=("alrao", "sgd", "adam", *LR_FREE_METHODS),
+                   default="alrao")
     t.add_argument("--lr", type=float)
     t.add_argument("--lr-min", dest="lr_min", type=float)
     t.add_argument("--lr-max", dest="lr_max", type=float)

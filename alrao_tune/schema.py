@@ -26,6 +26,15 @@ SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
     "onecycle": ("max_lr_factor", "pct_start", "div_factor", "final_div_factor"),
 }
 
+# The learning-rate-free methods of ``alrao_tune.train.optimizers`` (package defaults).
+LR_FREE_METHODS = ("prodigy", "dadapt_sgd", "dadapt_adam", "schedulefree_sgd",
+                   "schedulefree_adamw")
+# What a screening's stage 1 can train each architecture with (``stage1.proxy``).
+STAGE1_PROXIES = ("alrao", "adam", *LR_FREE_METHODS)
+# The screening strategies ``compare`` runs end to end (``compare.strategies``); besides
+# these, ``two_stage_<proxy>`` screens with another stage-1 proxy.
+STRATEGIES = ("two_stage", "asha", "asha_tpe", "random")
+
 # ------------------------------------------------------------------------- trial table
 # One row per Tune trial (``alrao_tune.tune.runner.trials_frame``, and the dashboard's
 # rebuild from MLflow runs).

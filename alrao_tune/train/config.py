@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alrao_tune.errors import AlraoTuneError
+from alrao_tune.schema import LR_FREE_METHODS
 
-METHODS = ("alrao", "sgd", "adam")
+METHODS = ("alrao", "sgd", "adam", *LR_FREE_METHODS)
 ALRAO_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine", "cyclic", "onecycle")
 
@@ -35,8 +36,12 @@ class TrainConfig:
             generated datasets take their generation seed from ``dataset_options``.
         arch: architecture spec for :func:`alrao_tune.zoo.build_model`.
         method: ``alrao`` (random per-feature rates + switch-averaged heads), ``sgd`` or
-            ``adam`` (a plain optimizer at learning rate ``lr``).
-        lr: learning rate of ``sgd``/``adam``; ignored by ``alrao``.
+            ``adam`` (a plain optimizer at learning rate ``lr``), or a learning-rate-free
+            method at its package's defaults (``prodigy``, ``dadapt_sgd``, ``dadapt_adam``,
+            ``schedulefree_sgd``, ``schedulefree_adamw``; see
+            :mod:`alrao_tune.train.optimizers`).
+        lr: learning rate of ``sgd``/``adam``; ignored by ``alrao`` and the
+            learning-rate-free methods.
         momentum: SGD momentum (``sgd``, and ``alrao`` with ``alrao_optimizer="sgd"``).
         weight_decay: L2 weight decay, torch semantics.
         nesterov: Nesterov momentum for SGD.

@@ -1,4 +1,4 @@
-"""ONE training loop for ``method = alrao | sgd | adam``.
+"""ONE training loop for ``method = alrao | sgd | adam`` and the learning-rate-free methods.
 
 The same architecture trained with Alrao, with SGD at a given learning rate or with Adam
 differs only in the optimizer (and, for Alrao, the K output heads): that is what makes
@@ -128,6 +128,9 @@ class Trainer:
         """Runs one epoch of training plus validation and updates the stopping state."""
         t0 = time.perf_counter()
         train_loss = self._train_steps()
+        train = self.splits["train"]
+        self.method.start_evaluation(self.model, self.optimizer, iterate_batches(
+            train.x, train.y, self.config.batch_size, shuffle=False))
         train_s = time.perf_counter() - t0
         val = self.evaluate(*self.splits["val"])
         eval_s = time.perf_counter() - t0 - train_s
@@ -153,6 +156,7 @@ class Trainer:
     def _train_steps(self) -> float:
         """One pass over the training split; returns the mean training loss."""
         self.model.train()
+        self.method.start_training(self.model, self.optimizer)
         train = self.splits["train"]
         total = torch.zeros((), device=self.device)
         seen = 0

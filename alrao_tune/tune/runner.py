@@ -51,6 +51,7 @@ class TuneJob:
     callbacks: Sequence[Any] = field(default_factory=list)
     max_failures: int = MAX_FAILURES
     max_concurrent: int = 0
+    stop: Any = None  # a tune.Stopper (e.g. a compute budget), or None
 
     @property
     def location(self) -> Location:
@@ -101,6 +102,7 @@ def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = 
             max_concurrent_trials=job.max_concurrent or None),
         run_config=tune.RunConfig(
             name=job.name, storage_path=str(job.location), callbacks=list(job.callbacks),
+            stop=job.stop,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=tune.FailureConfig(max_failures=job.max_failures),
             verbose=0),

@@ -9,13 +9,7 @@ import torch
 
 from alrao_tune.data import load_dataset
 from alrao_tune.train import ConfigError, TrainConfig, Trainer, fit, lr_find
-
-BLOBS = {"n_train": 400, "n_features": 8, "n_classes": 3}
-
-
-@pytest.fixture(scope="module")
-def blobs():
-    return load_dataset("blobs", seed=0, **BLOBS)
+from tests.train.conftest import BLOBS
 
 
 def config(**changes) -> TrainConfig:
