@@ -68,12 +68,13 @@ def _log_likelihood(out: Tensor, target: Tensor, classification: bool) -> Tensor
 def finite_heads_posterior(log_post: Tensor, bad: Tensor) -> Tensor:
     """``log_post`` with the ``bad`` heads at ``-inf`` and the rest renormalised.
 
-    If every head is bad, the plain posterior is returned (the pre-classifier then gets no
-    gradient, see :func:`fused_heads_loss`).
+    The normaliser is ``log sum exp`` of a normalised log posterior (entries <= 0), taken as
+    ``log(exp(.).sum())`` (three plain kernels). If every head is bad, the plain posterior is
+    returned (the pre-classifier then gets no gradient, see :func:`fused_heads_loss`).
     """
     masked = log_post.masked_fill(bad, -math.inf)
-    norm = torch.logsumexp(masked, dim=0)
-    return torch.where(torch.isfinite(norm), masked - norm, log_post)
+    norm = masked.exp().sum().log()
+    return torch.where(norm.isfinite(), masked - norm, log_post)
 
 
 def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -81,49 +82,63 @@ def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
 
 
 class _HeadsLoss(torch.autograd.Function):
-    """Forward: the loss of the module docstring. Backward: its closed-form gradients."""
+    """Forward: the loss of the module docstring. Backward: its closed-form gradients.
+
+    Written for few kernels (the fixed cost of a small model's step): views instead of copies,
+    no dtype conversion when there is nothing to convert, no zero gradients materialised for
+    the non-differentiable outputs, the one-hot subtraction as one in-place scatter.
+    """
 
     @staticmethod
     def forward(ctx: Any, features: Tensor, weight: Tensor, bias: Tensor, target: Tensor,
                 log_post: Tensor, classification: bool) -> tuple[Tensor, ...]:  # fmt: skip
         k, c, d = weight.shape
         z = torch.addmm(bias.reshape(k * c), features, weight.reshape(k * c, d).t())
-        z = z.view(-1, k, c).to(_compute_dtype(z.dtype))
+        z = z.view(-1, k, c)
+        if z.dtype not in (torch.float32, torch.float64):  # bf16 / fp16 under autocast
+            z = z.float()
         out = z.log_softmax(-1) if classification else z
         ll = _log_likelihood(out, target, classification)  # [N, K]
-        head_nll = -ll.mean(0)
-        bad = ~torch.isfinite(head_nll)
-        post = finite_heads_posterior(log_post.to(ll.dtype), bad)
-        s = post + ll.masked_fill(bad, 0.0)  # log of post_k p_k(y_i): [N, K]
+        head_nll = ll.mean(0).neg_()
+        bad = head_nll.isfinite().logical_not_()
+        post = finite_heads_posterior(log_post if log_post.dtype == ll.dtype
+                                      else log_post.to(ll.dtype), bad)  # fmt: skip
+        s = ll.masked_fill(bad, 0.0).add_(post)  # log of post_k p_k(y_i): [N, K]
         lse = torch.logsumexp(s, dim=-1)
-        model_loss = -lse.mean()
-        loss = model_loss + head_nll.masked_fill(bad, 0.0).sum()
+        model_loss = lse.mean().neg_()
+        loss = head_nll.masked_fill(bad, 0.0).sum().add_(model_loss)
         ctx.classification = classification
+        ctx.set_materialize_grads(False)
         ctx.save_for_backward(features, weight, out, target, bad, s, lse)
         ctx.mark_non_differentiable(model_loss, head_nll, out, post)
         return loss, model_loss, head_nll, out, post
 
     @staticmethod
-    def backward(ctx: Any, g: Tensor, *_: Any) -> tuple[Tensor | None, ...]:
+    def backward(ctx: Any, g: Tensor | None, *_: Any) -> tuple[Tensor | None, ...]:
+        if g is None:
+            return None, None, None, None, None, None
         features, weight, out, target, bad, s, lse = ctx.saved_tensors
         n, k, c = out.shape
         if ctx.classification:  # e = softmax - onehot
-            e = out.exp()
-            index = target.view(-1, 1, 1).expand(-1, k, 1)
-            e.scatter_add_(-1, index, e.new_full((1, 1, 1), -1.0).expand(n, k, 1))
+            e = out.exp().scatter_(-1, target.view(-1, 1, 1).expand(-1, k, 1), -1.0,
+                                   reduce="add")  # fmt: skip
         else:
             e = out - target.unsqueeze(1).to(out.dtype)
-        e = torch.where(bad.view(1, k, 1), 0.0, e) * (g / n)  # bad heads: no gradient
+        e = torch.where(bad.view(1, k, 1), 0.0, e).mul_(g / n)  # bad heads: no gradient
         grad_f = grad_w = grad_b = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-            flat = e.reshape(n, k * c)
-            grad_w = (flat.t() @ features.to(e.dtype)).view(k, c, -1).to(weight.dtype)
-            grad_b = flat.sum(0).view(k, c).to(weight.dtype)
+            flat = e.view(n, k * c)
+            grad_w = flat.t() @ (features if features.dtype == e.dtype else features.to(e.dtype))
+            grad_w, grad_b = grad_w.view(k, c, -1), flat.sum(0).view(k, c)
+            if grad_w.dtype != weight.dtype:
+                grad_w, grad_b = grad_w.to(weight.dtype), grad_b.to(weight.dtype)
         if ctx.needs_input_grad[0]:
-            resp = (s - lse.unsqueeze(-1)).exp()  # r_ik
+            resp = (s - lse.unsqueeze(-1)).exp_()  # r_ik
             w = torch.where(bad.view(k, 1, 1), 0.0, weight).reshape(k * c, -1)
-            mix = (e * resp.unsqueeze(-1)).reshape(n, k * c)
-            grad_f = (mix @ w.to(e.dtype)).to(features.dtype)
+            mix = e.mul_(resp.unsqueeze(-1)).view(n, k * c)  # e is not needed any more
+            grad_f = mix @ (w if w.dtype == mix.dtype else w.to(mix.dtype))
+            if grad_f.dtype != features.dtype:
+                grad_f = grad_f.to(features.dtype)
         return grad_f, grad_w, grad_b, None, None, None
 
 
@@ -151,6 +166,7 @@ def reference_loss(features: Tensor, weight: Tensor, bias: Tensor, target: Tenso
     unlike it, a head with non-finite weights makes the features' gradient NaN)."""
     if not classification and target.dim() == 1:
         target = target.unsqueeze(-1)
+
     def head_ll(f: Tensor, w: Tensor, b: Tensor) -> Tensor:
         z = (f @ w.flatten(0, 1).t() + b.flatten()).unflatten(-1, w.shape[:2])
         z = z.to(_compute_dtype(z.dtype))

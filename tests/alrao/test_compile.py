@@ -66,7 +66,7 @@ def run(request: pytest.FixtureRequest) -> dict[str, Any]:
         eager.training_loss(x, y, with_output=False).loss.backward()
         opts[1].step()
         with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step()`")
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
             for sched in scheds:
                 sched.step()
         if step in (3, STEPS):
