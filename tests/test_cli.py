@@ -36,7 +36,7 @@ def test_train_checkpoint_then_resume(tmp_path, capsys):
 
 @pytest.mark.parametrize("argv,match", [
     (["train", "--dataset", "imagenet"], "imagenet"),
-    (["train", *BLOBS, "--arch", "transformer"], "transformer"),
+    (["train", *BLOBS, "--arch", "perceiver"], "perceiver"),  # no such family
     (["train", *BLOBS, "--arch", '{"family": "mlp",'], "not valid JSON"),
     (["train", "--dataset", "cifar10", "--data-option", "path=/nonexistent/cifar"],
      "/nonexistent/cifar"),
