@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 import urllib.request
 from pathlib import Path
@@ -103,23 +104,29 @@ def test_ui_serves_the_dashboard_from_the_wheel(installed, mlflow_uri):
          "--port", str(port), "--timeout", "120"], cwd=installed["cwd"],
         env=_env(installed), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
-    answered = False
+    # The launcher prints its banner after its own readiness check; a signal sent before
+    # that (as soon as Streamlit's health answers) would interrupt the start, not the run.
+    lines: list[str] = []
+    reader = threading.Thread(target=lambda: lines.extend(proc.stdout), daemon=True)
+    reader.start()
     try:
         deadline = time.monotonic() + 150
-        while not answered and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health",
-                                            timeout=2) as resp:
-                    answered = resp.status == 200
-            except OSError:
-                time.sleep(0.5)
-        assert answered and proc.poll() is None
+        while (not any("Ctrl-C stops both" in line for line in lines)
+               and time.monotonic() < deadline and proc.poll() is None):
+            time.sleep(0.5)
+        assert any("Ctrl-C stops both" in line for line in lines), "".join(lines)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health",
+                                    timeout=10) as resp:
+            assert resp.status == 200
+        assert proc.poll() is None
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            out, _ = proc.communicate(timeout=30)
+            proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
-            out, _ = proc.communicate()
+            proc.wait()
+        reader.join(timeout=10)
+    out = "".join(lines)
     assert proc.returncode == 0, out  # Ctrl-C stops it cleanly
     assert f"dashboard: http://127.0.0.1:{port}" in out
