@@ -10,6 +10,7 @@ dashboard server and ``python -m alrao_tune`` run from the installed copy.
 from __future__ import annotations
 
 import os
+import select
 import shutil
 import signal
 import socket
@@ -103,17 +104,17 @@ def test_ui_serves_the_dashboard_from_the_wheel(installed, mlflow_uri):
          "--port", str(port), "--timeout", "120"], cwd=installed["cwd"],
         env=_env(installed), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         start_new_session=True)
-    answered = False
+    first = ""
     try:
+        # it prints the addresses once its servers answer
         deadline = time.monotonic() + 150
-        while not answered and time.monotonic() < deadline and proc.poll() is None:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health",
-                                            timeout=2) as resp:
-                    answered = resp.status == 200
-            except OSError:
-                time.sleep(0.5)
-        assert answered and proc.poll() is None
+        while not first and time.monotonic() < deadline and proc.poll() is None:
+            if select.select([proc.stdout], [], [], 1.0)[0]:
+                first = proc.stdout.readline()
+        assert first == f"dashboard: http://127.0.0.1:{port}\n"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/_stcore/health",
+                                    timeout=10) as resp:
+            assert resp.status == 200
     finally:
         proc.send_signal(signal.SIGINT)
         try:
@@ -122,4 +123,3 @@ def test_ui_serves_the_dashboard_from_the_wheel(installed, mlflow_uri):
             os.killpg(proc.pid, signal.SIGKILL)
             out, _ = proc.communicate()
     assert proc.returncode == 0, out  # Ctrl-C stops it cleanly
-    assert f"dashboard: http://127.0.0.1:{port}" in out
