@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from alrao_tune.errors import EXIT_USAGE, AlraoTuneError
+from alrao_tune.schema import LR_FREE_METHODS
 
 EXIT_INTERRUPTED = 130  # as a shell reports a SIGINT
 
@@ -84,6 +85,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "arch": _parse_arch(args.arch), "method": args.method, "epochs": args.epochs,
         "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
         "momentum": args.momentum, "patience": args.patience, "min_epochs": args.min_epochs,
+        "compile": args.compile,
     }
     for key in ("lr", "lr_min", "lr_max", "n_heads", "weight_decay"):
         if getattr(args, key) is not None:
@@ -183,13 +185,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from alrao_tune.bench import overhead as bench
 
     if args.what == "overhead":
-        figures = bench.overhead(steps=args.steps)
+        figures = bench.overhead(steps=args.steps, compile=args.compile)
         if args.json:
             _print_json(figures)
         else:
-            for name in bench.MODELS:
+            names = [*bench.MODELS, *(f"{n}_compiled" for n in bench.MODELS if args.compile)]
+            for name in names:
                 f = figures[name]
-                print(f"{name:>4}: sgd {f['sgd_ms']:.3f} ms  alrao {f['alrao_ms']:.3f} ms  "
+                print(f"{name:>12}: sgd {f['sgd_ms']:.3f} ms  alrao {f['alrao_ms']:.3f} ms  "
                       f"ratio {f['ratio']:.3f}")
             print(f"switch update (K=10): {figures['switch']['update_us']:.1f} µs")
             st = figures["state"]
@@ -247,7 +250,8 @@ def _add_train(sub: Any) -> None:
                    help="dataset option, e.g. n_train=1000 or path=/data/cifar-10-batches-py")
     t.add_argument("--arch", default="cnn1d",
                    help="a family name (cnn1d), a JSON spec, or a builder module:function")
-    t.add_argument("--method", choices=("alrao", "sgd", "adam"), default="alrao")
+    t.add_argument("--method", choices=("alrao", "sgd", "adam", *LR_FREE_METHODS),
+                   default="alrao")
     t.add_argument("--lr", type=float)
     t.add_argument("--lr-min", dest="lr_min", type=float)
     t.add_argument("--lr-max", dest="lr_max", type=float)
@@ -264,6 +268,8 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
     t.add_argument("--resume", help="continue from a checkpoint written by --checkpoint")
     t.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (forward, backward, optimizer step)")
     t.set_defaults(func=cmd_train)
 
 
@@ -308,6 +314,8 @@ def _add_bench(sub: Any) -> None:
                         "cost; soak: many tiny trials with injected faults, then an audit "
                         "that no MLflow run or value was lost (exit 1 if one was)")
     b.add_argument("--steps", type=int, default=200, help="overhead: timed steps per model")
+    b.add_argument("--compile", action="store_true",
+                   help="overhead: also time both steps compiled with torch.compile")
     b.add_argument("--epochs", type=int, default=3, help="loop: timed epochs")
     b.add_argument("--trials", type=int, default=50, help="soak: tiny trials in one experiment")
     b.add_argument("--failure-rate", type=float, default=0.2,

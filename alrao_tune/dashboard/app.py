@@ -233,7 +233,24 @@ def compare_tab(uri: str, exp_id: str, ui: str) -> None:
         st.caption("The pipeline for other k, with stage 2 on the whole grid or only on the "
                    "rates within a decade of Alrao's effective rate")
         st.dataframe(pipes, hide_index=True)
+    _strategies(data)
     _link(ui, data.experiment_id, run_id, "open the compare run in MLflow")
+
+
+def _strategies(data: rc.CompareData) -> None:
+    tables = rc.strategy_tables(data)
+    if not tables:
+        return
+    st.subheader("Screening strategies at equal compute")
+    points = tables["points"].assign(line=lambda f: f["strategy"] + " r" + f["repeat"].astype(str))
+    st.altair_chart(alt.Chart(points).mark_line(interpolate="step-after").encode(
+        x=alt.X("share:Q", title="compute (share of the grid's trial-seconds)",
+                scale=alt.Scale(type="log")),
+        y=alt.Y("regret:Q", title="regret (test-accuracy points)"),
+        color=alt.Color("strategy:N"), detail="line:N",
+        tooltip=["strategy", "repeat", "share", "regret"]), key="strategy_curves")
+    st.dataframe(tables["targets"], hide_index=True)
+    st.dataframe(tables["budgets"], hide_index=True)
 
 
 # -------------------------------------------------------------------------------- main

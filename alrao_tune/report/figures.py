@@ -107,6 +107,27 @@ def lr_curves(curves: pd.DataFrame, path: Path, columns: int = 4) -> Path:
     return _save(fig, path)
 
 
+def anytime_curves(points: pd.DataFrame, path: Path, target: float = 0.5) -> Path:
+    """Regret (test-accuracy points) against compute (share of the grid's trial-seconds,
+    log axis), one step line per strategy and repeat (``report.anytime.curve_points``)."""
+    from matplotlib import rcParams
+
+    fig = _figure(figsize=(6.5, 3.8), dpi=110)
+    ax = fig.subplots()
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (strategy, group) in enumerate(points.groupby("strategy", sort=True)):
+        for j, (_, rep) in enumerate(group.groupby("repeat", sort=True)):
+            ax.step(rep["share"], rep["regret"], where="post", lw=1.2, alpha=0.8,
+                    color=colours[i % len(colours)], label=str(strategy) if j == 0 else None)
+    ax.axhline(target, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("compute (share of the grid's trial-seconds, one seed)")
+    ax.set_ylabel("regret (test-accuracy points)")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
 def _save(fig: Any, path: Path) -> Path:
     """Lays out and writes ``fig``; returns ``path``."""
     fig.tight_layout()

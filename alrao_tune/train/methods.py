@@ -6,6 +6,9 @@ step's loss, one evaluation batch, and the metrics it adds to each epoch's recor
 
 * :class:`PlainMethod` (``sgd``, ``adam``): the zoo model with ``torch.optim.SGD`` or
   ``torch.optim.Adam`` at the learning rate ``lr``.
+* :class:`LrFreeMethod` (``prodigy``, ``dadapt_sgd``, ``dadapt_adam``, ``schedulefree_sgd``,
+  ``schedulefree_adamw``): the zoo model with a learning-rate-free optimizer at its
+  package's defaults (:mod:`alrao_tune.train.optimizers`).
 * :class:`AlraoMethod` (``alrao``): the zoo model's pre-classifier with K output heads
   (:class:`~alrao_tune.alrao.AlraoModel`) and Alrao's per-feature rates
   (:class:`~alrao_tune.alrao.AlraoSGD` / :class:`~alrao_tune.alrao.AlraoAdam`); per epoch
@@ -26,6 +29,7 @@ from alrao_tune.alrao import AlraoAdam, AlraoModel, AlraoSGD
 from alrao_tune.alrao.lr import UnsupportedLayerError
 from alrao_tune.schema import STEP_METRICS_KEY, head_key
 from alrao_tune.train.config import TrainConfig
+from alrao_tune.train.optimizers import adapted_lr, build_optimizer, eval_mode, train_mode
 from alrao_tune.zoo import ArchError, ZooModel
 
 
@@ -67,11 +71,18 @@ class PlainMethod:
         return model, torch.optim.Adam(model.parameters(), lr=cfg.lr,
                                        weight_decay=cfg.weight_decay)
 
-    def step_loss(self, model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
-        """Backpropagates one batch's loss; returns it (to record)."""
+    def start_training(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        """Called before an epoch's training steps."""
+
+    def start_evaluation(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         train_batches: Any) -> None:
+        """Called after an epoch's training steps, before evaluation (and checkpoints)."""
+
+    def batch_loss(self, model: nn.Module, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """``(loss to backpropagate, detached loss to record)`` of one batch. No backward
+        here: the step function (``train/step.py``) runs it, eager or compiled."""
         loss = task_loss(model(xb), yb, self.task)
-        loss.backward()
-        return loss
+        return loss, loss.detach()
 
     def after_step(self, model: nn.Module, step: int) -> None:
         """Called after every optimizer step (``step``: the global step count)."""
@@ -89,6 +100,35 @@ class PlainMethod:
     def head_rates(self, model: nn.Module) -> list[float] | None:
         """The heads' learning rates (None: no heads)."""
         return None
+
+
+class LrFreeMethod(PlainMethod):
+    """A learning-rate-free optimizer (see the module docstring); ``config.lr`` is ignored.
+    Schedule-free optimizers train at one point and evaluate at their average: the loop's
+    :meth:`start_training` / :meth:`start_evaluation` switch between the two."""
+
+    @property
+    def has_momentum(self) -> bool:
+        return False  # a cyclic schedule does not cycle these optimizers' momentum
+
+    def build(self, zoo_model: ZooModel, n_outputs: int,
+              device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
+        model = zoo_model.to(device)
+        return model, build_optimizer(self.config.method, model.parameters(), lr=self.config.lr,
+                                      weight_decay=self.config.weight_decay)
+
+    def start_training(self, model: nn.Module, optimizer: torch.optim.Optimizer) -> None:
+        train_mode(optimizer)
+
+    def start_evaluation(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                         train_batches: Any) -> None:
+        eval_mode(optimizer, model, train_batches)
+
+    def epoch_metrics(self, model: nn.Module, optimizer: torch.optim.Optimizer,
+                      val: dict[str, Any], step: int) -> dict[str, Any]:
+        """D-Adaptation / Prodigy: the step size it adapted to (``adapted_lr``)."""
+        found = adapted_lr(optimizer)
+        return {} if found is None else {"adapted_lr": found}
 
 
 class AlraoMethod(PlainMethod):
@@ -126,10 +166,9 @@ class AlraoMethod(PlainMethod):
             self._feature_log10 = torch.cat([r.detach().float().cpu() for r in rates]).log10()
         return model, opt
 
-    def step_loss(self, model: nn.Module, xb: Tensor, yb: Tensor) -> Tensor:
+    def batch_loss(self, model: nn.Module, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
         out = model.training_loss(xb, yb, with_output=False)
-        out.loss.backward()
-        return out.model_loss
+        return out.loss, out.model_loss
 
     def after_step(self, model: nn.Module, step: int) -> None:
         every = self.config.posterior_every
@@ -182,4 +221,7 @@ class AlraoMethod(PlainMethod):
 
 def method_for(config: TrainConfig, task: str) -> PlainMethod:
     """The strategy of ``config.method``."""
-    return AlraoMethod(config, task) if config.method == "alrao" else PlainMethod(config, task)
+    if config.method == "alrao":
+        return AlraoMethod(config, task)
+    return PlainMethod(config, task) if config.method in ("sgd", "adam") else LrFreeMethod(
+        config, task)

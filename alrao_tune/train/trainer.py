@@ -1,4 +1,4 @@
-"""ONE training loop for ``method = alrao | sgd | adam``.
+"""ONE training loop for ``method = alrao | sgd | adam`` and the learning-rate-free methods.
 
 The same architecture trained with Alrao, with SGD at a given learning rate or with Adam
 differs only in the optimizer (and, for Alrao, the K output heads): that is what makes
@@ -36,6 +36,7 @@ from alrao_tune.train.config import TrainConfig
 from alrao_tune.train.history import History
 from alrao_tune.train.methods import method_for, task_loss
 from alrao_tune.train.schedule import build_schedule
+from alrao_tune.train.step import make_step
 from alrao_tune.zoo import build_model, count_parameters
 
 __all__ = ["CheckpointError", "EpochCallback", "Split", "StepHook", "Trainer", "fit",
@@ -100,6 +101,7 @@ class Trainer:
         self.schedule = build_schedule(
             self.optimizer, config.schedule, epochs=config.epochs,
             steps_per_epoch=self.steps_per_epoch, has_momentum=self.method.has_momentum)
+        self._step_fn = make_step(self._batch_loss, self.optimizer, compile=config.compile)
         self.shuffle_gen = torch.Generator().manual_seed(config.seed * 1_000_003 + 1)
         self.aug_gen = torch.Generator(device=self.device).manual_seed(config.seed + 7)
         self.step_hooks: list[StepHook] = []
@@ -126,6 +128,9 @@ class Trainer:
         """Runs one epoch of training plus validation and updates the stopping state."""
         t0 = time.perf_counter()
         train_loss = self._train_steps()
+        train = self.splits["train"]
+        self.method.start_evaluation(self.model, self.optimizer, iterate_batches(
+            train.x, train.y, self.config.batch_size, shuffle=False))
         train_s = time.perf_counter() - t0
         val = self.evaluate(*self.splits["val"])
         eval_s = time.perf_counter() - t0 - train_s
@@ -151,6 +156,7 @@ class Trainer:
     def _train_steps(self) -> float:
         """One pass over the training split; returns the mean training loss."""
         self.model.train()
+        self.method.start_training(self.model, self.optimizer)
         train = self.splits["train"]
         total = torch.zeros((), device=self.device)
         seen = 0
@@ -170,12 +176,15 @@ class Trainer:
                 break
         return float(total) / max(seen, 1)
 
+    def _batch_loss(self, xb: Tensor, yb: Tensor) -> tuple[Tensor, Tensor]:
+        """(loss to backpropagate, loss to report) of one batch, by the method; the step
+        function (``train/step.py``, eager or compiled) runs it."""
+        return self.method.batch_loss(self.model, xb, yb)
+
     def train_step(self, xb: Tensor, yb: Tensor) -> Tensor:
         """One optimizer step on one batch (and a per-step schedule's step); returns the
         batch's loss. The loop's counters are not touched."""
-        self.optimizer.zero_grad(set_to_none=True)
-        loss = self.method.step_loss(self.model, xb, yb)
-        self.optimizer.step()
+        loss = self._step_fn(xb, yb)  # zero_grad, loss, backward, optimizer step
         self.schedule.step_batch()
         return loss
 

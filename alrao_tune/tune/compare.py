@@ -63,7 +63,8 @@ def compare_trials(space: SearchSpace, seeds: Sequence[int]) -> list[dict[str, A
                 trials.append(trial("sgd_default", "sgd", lr=c.default_lr,
                                     momentum=c.momentum[0]))
             if c.adam:
-                trials.append(trial("adam", "adam", lr=1e-3))
+                trials.append(trial("adam", "adam", lr=stages.ADAM_DEFAULT_LR))
+            trials += [trial(m, m) for m in c.lr_free]
             trials.append(trial("alrao", "alrao"))
             trials += [trial(f"alrao_momentum{m:g}", "alrao", momentum=m)
                        for m in c.alrao_momentum]
@@ -87,6 +88,8 @@ class CompareResult:
     wall_s: float = 0.0
     # per-epoch validation loss of the grid's and Alrao's runs of the first seed (Figure 2)
     curves: pd.DataFrame = field(default_factory=lambda: report_compare.curves_data([]))
+    # the screening strategies run end to end (report.anytime.strategy_report); {} if none
+    strategies: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -98,6 +101,9 @@ class CompareResult:
             out["by_momentum"][str(m)] = {
                 k: rows(v) if isinstance(v, pd.DataFrame) else {
                     kk: json_value(vv) for kk, vv in v.items()} for k, v in rep.items()}
+        if self.strategies:
+            out["strategies"] = {k: rows(v) if isinstance(v, pd.DataFrame) else {
+                kk: json_value(vv) for kk, vv in v.items()} for k, v in self.strategies.items()}
         return out
 
 
@@ -170,6 +176,12 @@ def _compare(p: Pipeline, parent: str, space: SearchSpace, configs: list[dict[st
     trials, curves = _curves(p.tree, trials, _min_epochs(space))
     result = CompareResult(space.name, trials, build_reports(trials, space),
                            {"compare": parent}, time.perf_counter() - t0, curves)
+    if space.compare.strategies:
+        from alrao_tune.tune import strategies
+
+        result.strategies = strategies.run_strategies(strategies.StrategyContext(
+            space, p.tree, parent, p.root / "strategies", p.say, _min_epochs(space)), trials)
+        result.wall_s = time.perf_counter() - t0
     _log(p.tree, parent, result)
     if output is not None:
         write_outputs(result, Path(output), p.tree)
@@ -230,6 +242,12 @@ def _log(tree: Any, run_id: str, result: CompareResult) -> None:
             metrics[f"regret/{row.proxy}"] = row.regret
         tree.log_metrics(run_id, {k: float(v) for k, v in metrics.items()
                                   if isinstance(v, (int, float)) and math.isfinite(v)})
+    if result.strategies:
+        from alrao_tune.report import anytime
+
+        tree.log_metrics(run_id, anytime.strategy_metrics(result.strategies))
+        tree.log_text(run_id, anytime.strategies_markdown(result.strategies),
+                      "report-strategies.md")
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -255,6 +273,8 @@ def write_outputs(result: CompareResult, output: Path, tree: Any | None = None) 
     result.trials.to_csv(output / "trials.csv", index=False)
     result.curves.to_csv(output / "curves.csv", index=False)
     (output / "compare.json").write_text(json.dumps(result.to_json(), indent=2))
+    if result.strategies:
+        _write_strategies(result, output, tree)
     for m, rep in result.reports.items():
         (output / f"report-momentum{m}.md").write_text(markdown(rep))
         rep["table1"].to_csv(output / f"table1-momentum{m}.csv", index=False)
@@ -273,3 +293,18 @@ def write_outputs(result: CompareResult, output: Path, tree: Any | None = None) 
             for name in (f"scatter-momentum{m}.png", f"curves-momentum{m}.png"):
                 if (output / name).exists():
                     tree.log_artifact(result.run_ids["compare"], output / name, "figures")
+
+
+def _write_strategies(result: CompareResult, output: Path, tree: Any | None) -> None:
+    """``report-strategies.md``, ``strategies-curves.csv`` and the anytime-curves figure."""
+    from alrao_tune.report import anytime, figures
+
+    rep = result.strategies
+    (output / "report-strategies.md").write_text(anytime.strategies_markdown(rep))
+    rep["curves"].to_csv(output / "strategies-curves.csv", index=False)
+    points = anytime.curve_points(rep["curves"], rep["grid"]["seconds"])
+    if len(points):
+        figures.anytime_curves(points, output / "anytime-curves.png", rep["truth"]["target"])
+        if tree is not None:
+            tree.log_artifact(result.run_ids["compare"], output / "anytime-curves.png",
+                              "figures")

@@ -166,11 +166,12 @@ class Pipeline:
         return frame
 
     def run(self, kind: str, name: str, params: Mapping[str, Any],
-            body: Callable[[Pipeline, str], R]) -> R:
-        """Opens the job's parent run (key and kind tag ``kind``), runs
+            body: Callable[[Pipeline, str], R], *, parent_run_id: str | None = None) -> R:
+        """Opens the job's parent run (key and kind tag ``kind``; a child of
+        ``parent_run_id`` when given, e.g. a ``compare`` strategy's run), runs
         ``body(self, parent_run_id)``, then ends every open run and the state with the
         outcome (FINISHED, FAILED, or KILLED on ``KeyboardInterrupt``)."""
-        parent = self.open_run(kind, name, None, params)
+        parent = self.open_run(kind, name, parent_run_id, params)
         status = "FAILED"
         try:
             result = body(self, parent)

@@ -51,6 +51,7 @@ class TuneJob:
     callbacks: Sequence[Any] = field(default_factory=list)
     max_failures: int = MAX_FAILURES
     max_concurrent: int = 0
+    stop: Any = None  # a tune.Stopper (e.g. a compute budget), or None
 
     @property
     def location(self) -> Location:
@@ -91,7 +92,7 @@ def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = 
             str(path), fn, resume_unfinished=True, resume_errored=True,
             param_space=job.param_space)
         replace_callbacks(tuner, job.callbacks)
-        return _finished(tuner.fit())
+        return _finished(tuner.fit(), job)
     tuner = tune.Tuner(
         fn,
         param_space=job.param_space,
@@ -101,19 +102,23 @@ def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = 
             max_concurrent_trials=job.max_concurrent or None),
         run_config=tune.RunConfig(
             name=job.name, storage_path=str(job.location), callbacks=list(job.callbacks),
+            stop=job.stop,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=tune.FailureConfig(max_failures=job.max_failures),
             verbose=0),
     )
-    return _finished(tuner.fit())
+    return _finished(tuner.fit(), job)
 
 
-def _finished(grid: Any) -> Any:
+def _finished(grid: Any, job: TuneJob) -> Any:
     """``grid``, unless Tune ended the experiment with trials unfinished: its own SIGINT
     handler does that on Ctrl-C (the command line turns it off with
     ``TUNE_DISABLE_SIGINT_HANDLER``; a notebook keeps it). That is an interruption, raised
     as ``KeyboardInterrupt`` (the job is recorded KILLED and ``--resume`` finishes it),
-    never a finished stage with missing trials."""
+    never a finished stage with missing trials. A job with a ``stop`` (a compute budget)
+    ends with unfinished trials on purpose: it is returned as it is."""
+    if job.stop is not None:
+        return grid
     unfinished = [t for t in result_trials(grid) if t.status not in ("TERMINATED", "ERROR")]
     if unfinished:
         raise KeyboardInterrupt(f"Ray Tune stopped the experiment with {len(unfinished)} "

@@ -163,9 +163,10 @@ class _Screening:
     def _stage1(self, p: Pipeline, pipeline_run: str) -> pd.DataFrame:
         space = self.space
         n = len(self.archs) * len(space.stage1.seeds)
+        proxy = space.stage1.proxy
         p.say(f"stage 1: {len(self.archs)} architectures x {len(space.stage1.seeds)} seed(s)"
-              f" = {n} Alrao trials")
-        run = p.open_run("stage1", "stage1 (alrao)", pipeline_run)
+              f" = {n} {proxy} trials")
+        run = p.open_run("stage1", f"stage1 ({proxy})", pipeline_run)
         job = TuneJob(
             name="stage1", param_space=stages.stage1_param_space(space),
             storage=p.root, resources=space.resources.model_dump(),
@@ -260,6 +261,8 @@ def _log_figures(tree: Any, run_id: str, space: SearchSpace, r: ScreenResult,
                                    folder / "stage1_curves.png",
                                    "stage 1: Alrao validation loss per architecture")
     tree.log_artifact(run_id, path, "figures")
+    if space.stage1.proxy != "alrao":
+        return  # no switch posterior to draw
     rates = head_learning_rates(space.alrao.n_heads, space.alrao.lr_min,
                                 space.alrao.lr_max).tolist()
     top = screening.top_k(r.stage1, space.stage1.top_k)

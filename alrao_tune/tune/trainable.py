@@ -41,6 +41,10 @@ from alrao_tune.schema import CHECKPOINT_FILE, RESTORED_KEY
 from alrao_tune.train.config import TrainConfig
 
 SEARCHED_KEYS = ("lr", "momentum", "weight_decay")
+# Trial config key: when true, every epoch that improves the validation loss also measures
+# the test accuracy of that model (``best_test_acc``), so that a trial stopped early (ASHA,
+# a compute budget) still has the test accuracy of its best model (``compare`` strategies).
+TRACK_TEST_KEY = "track_test"
 EpochHook = Callable[[Any], None]  # called with the Trainer after every epoch
 
 
@@ -130,13 +134,19 @@ def train_trial(config: dict[str, Any], *, epoch_hook: EpochHook | None = None) 
         return metrics
 
     restored: list[dict[str, Any]] = []
+    best_test: dict[str, float] = {}
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.restore(Path(d) / CHECKPOINT_FILE)
         restored = [epoch_metrics(record) for record in trainer.records]
+        if config.get(TRACK_TEST_KEY) and trainer.best_state is not None:
+            best_test["best_test_acc"] = trainer.history().test_acc
 
     def report(record: dict[str, Any], trainer: Trainer) -> None:
         metrics = epoch_metrics(record)
+        if config.get(TRACK_TEST_KEY) and trainer.best_epoch == trainer.epoch:
+            best_test["best_test_acc"] = trainer.history().test_acc
+        metrics.update({k: v for k, v in best_test.items() if v is not None})
         metrics["node_id"] = node_id  # a string: the MLflow callback stores it as a tag
         if restored:  # once: the epochs in the checkpoint, for values MLflow may lack
             metrics[RESTORED_KEY] = restored.copy()

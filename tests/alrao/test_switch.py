@@ -201,3 +201,15 @@ def test_rejects_theta_outside_the_open_unit_interval(theta: float) -> None:
 
 def test_benchmark_update_returns_microseconds() -> None:
     assert benchmark_update(n_models=4, n=20) > 0.0
+
+
+def test_update_under_autocast_stays_float32_exact() -> None:
+    plain, autocast = Switch(4), Switch(4)
+    nll = torch.tensor([0.3, 1.2, 0.8, 2.0])
+    for _ in range(5):
+        plain.update(nll)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast.update(nll)
+    # the switching matmul is not downcast: bit-identical to the update without autocast
+    assert autocast.logw.dtype == torch.float32
+    assert torch.equal(autocast.logw, plain.logw)

@@ -21,7 +21,8 @@ SPACE = {
     "stage1": {"top_k": 1},
     # lr 1000 makes plain SGD diverge on these nets: a diverged grid point
     "compare": {"lr_grid": [0.1, 1000.0], "seeds": 1, "alrao_auto_range": False,
-                "alrao_momentum": [0.9], "alrao_ranges": [[0.01, 1.0]]},
+                "alrao_momentum": [0.9], "alrao_ranges": [[0.01, 1.0]],
+                "lr_free": [], "strategies": []},  # both: tests/tune/test_strategies.py
 }
 
 

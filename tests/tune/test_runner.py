@@ -7,7 +7,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from alrao_tune.tune.runner import _finished
+from alrao_tune.tune.runner import TuneJob, _finished
 
 
 def grid_of(*statuses: str) -> SimpleNamespace:
@@ -15,11 +15,20 @@ def grid_of(*statuses: str) -> SimpleNamespace:
     return SimpleNamespace(_experiment_analysis=SimpleNamespace(trials=trials))
 
 
+def job(stop=None) -> TuneJob:
+    return TuneJob("x", {}, "/tmp", {"cpu": 1}, "best_val_loss", "min", stop=stop)
+
+
 def test_an_experiment_whose_trials_all_ended_is_returned():
     grid = grid_of("TERMINATED", "ERROR", "TERMINATED")
-    assert _finished(grid) is grid
+    assert _finished(grid, job()) is grid
 
 
 def test_unfinished_trials_mean_the_experiment_was_interrupted():
     with pytest.raises(KeyboardInterrupt, match="2 trial"):
-        _finished(grid_of("TERMINATED", "PENDING", "RUNNING"))
+        _finished(grid_of("TERMINATED", "PENDING", "RUNNING"), job())
+
+
+def test_a_budget_stopper_ends_experiments_with_unfinished_trials_on_purpose():
+    grid = grid_of("TERMINATED", "PENDING")
+    assert _finished(grid, job(stop=object())) is grid
