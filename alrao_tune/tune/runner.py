@@ -92,7 +92,7 @@ def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = 
             str(path), fn, resume_unfinished=True, resume_errored=True,
             param_space=job.param_space)
         replace_callbacks(tuner, job.callbacks)
-        return tuner.fit()
+        return _finished(tuner.fit(), job)
     tuner = tune.Tuner(
         fn,
         param_space=job.param_space,
@@ -107,7 +107,23 @@ def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = 
             failure_config=tune.FailureConfig(max_failures=job.max_failures),
             verbose=0),
     )
-    return tuner.fit()
+    return _finished(tuner.fit(), job)
+
+
+def _finished(grid: Any, job: TuneJob) -> Any:
+    """``grid``, unless Tune ended the experiment with trials unfinished: its own SIGINT
+    handler does that on Ctrl-C (the command line turns it off with
+    ``TUNE_DISABLE_SIGINT_HANDLER``; a notebook keeps it). That is an interruption, raised
+    as ``KeyboardInterrupt`` (the job is recorded KILLED and ``--resume`` finishes it),
+    never a finished stage with missing trials. A job with a ``stop`` (a compute budget)
+    ends with unfinished trials on purpose: it is returned as it is."""
+    if job.stop is not None:
+        return grid
+    unfinished = [t for t in result_trials(grid) if t.status not in ("TERMINATED", "ERROR")]
+    if unfinished:
+        raise KeyboardInterrupt(f"Ray Tune stopped the experiment with {len(unfinished)} "
+                                "trial(s) unfinished")
+    return grid
 
 
 def experiment_trials(path: str | Path | Location) -> list[Any]:
