@@ -5,6 +5,7 @@ Python API (imported lazily, so ``import alrao_tune`` stays light)::
     import alrao_tune
     result = alrao_tune.screen("searchspaces/quickstart.yaml")   # ScreenResult
     result.leaderboard                                           # pandas DataFrame
+    model = alrao_tune.load_best("quickstart")                    # the winner, torch.nn.Module
     history = alrao_tune.fit({"dataset": "mnist1d", "arch": {"family": "cnn1d"}})
 """
 
@@ -21,6 +22,7 @@ _LAZY = {
     "Trainer": ("alrao_tune.train", "Trainer"),
     "TrainConfig": ("alrao_tune.train", "TrainConfig"),
     "lr_find": ("alrao_tune.train", "lr_find"),
+    "load_best": ("alrao_tune.tracking.models", "load_best"),
     "load_space": ("alrao_tune.space", "load_space"),
     "AlraoTuneError": ("alrao_tune.errors", "AlraoTuneError"),
 }

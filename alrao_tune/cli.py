@@ -75,11 +75,16 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from alrao_tune.data import load_dataset
     from alrao_tune.train import TrainConfig, Trainer
+    from alrao_tune.zoo import default_family
 
+    options = _parse_options(args.data_option)
+    data = load_dataset(args.dataset, seed=0, **options)
+    arch = _parse_arch(args.arch) if args.arch else {"family": default_family(data.kind)}
     raw: dict[str, Any] = {
-        "dataset": args.dataset, "dataset_options": _parse_options(args.data_option),
-        "arch": _parse_arch(args.arch), "method": args.method, "epochs": args.epochs,
+        "dataset": args.dataset, "dataset_options": options,
+        "arch": arch, "method": args.method, "epochs": args.epochs,
         "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
         "momentum": args.momentum, "patience": args.patience, "min_epochs": args.min_epochs,
     }
@@ -89,7 +94,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.schedule:
         raw["schedule"] = {"name": args.schedule}
     cfg = TrainConfig.from_dict(raw)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, data)
     if args.resume:
         trainer.restore(args.resume)
     bar = _progress_bar(cfg.epochs, enabled=not args.json and sys.stderr.isatty())
@@ -139,7 +144,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
     result = screen(
         args.space, overrides=args.set, tracking_uri=args.tracking_uri, storage=args.storage,
         address=args.address, output=args.output, resume=args.resume,
-        progress=None if args.json else print)
+        progress=None if args.json else print, register_model=args.register_model)
     if args.json:
         _print_json(result.to_json())
         return 0
@@ -222,14 +227,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alrao-tune",
         description="Screen architectures cheaply with Alrao, then tune only the best.")
+    from alrao_tune import __version__
+
+    parser.add_argument("--version", action="version", version=f"alrao-tune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     t = sub.add_parser("train", help="train one architecture with alrao, sgd or adam")
     t.add_argument("--dataset", default="mnist1d")
     t.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. n_train=1000 or path=/data/cifar-10-batches-py")
-    t.add_argument("--arch", default="cnn1d",
-                   help="a family name (cnn1d), a JSON spec, or a builder module:function")
+    t.add_argument("--arch", help="a family name (cnn1d), a JSON spec, or a builder "
+                   "module:function (default: by the dataset's inputs: cnn1d for vectors, "
+                   "cnn2d for images, gru for tokens)")
     t.add_argument("--method", choices=("alrao", "sgd", "adam"), default="alrao")
     t.add_argument("--lr", type=float)
     t.add_argument("--lr-min", dest="lr_min", type=float)
@@ -253,7 +262,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("space", help="search-space YAML file (see searchspaces/)")
     s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a YAML key, e.g. --set stage1.top_k=3")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                   "sqlite:///./mlflow.db)")
     s.add_argument("--storage", help="Ray Tune storage: a directory (shared by all nodes on "
                    "a cluster) or a URI such as s3://bucket/prefix, gs://..., file:///abs "
                    "(default ./alrao_runs)")
@@ -261,6 +271,8 @@ def build_parser() -> argparse.ArgumentParser:
                    "RAY_ADDRESS, else a local Ray)")
     s.add_argument("--output", help="write leaderboard.csv, stage1/2.csv, results.json here")
     s.add_argument("--resume", action="store_true", help="finish the newest interrupted run")
+    s.add_argument("--register-model", metavar="NAME", help="register the winner's model "
+                   "in MLflow's model registry under NAME (it is logged in any case)")
     s.add_argument("--json", action="store_true", help="print results.json to stdout")
     s.set_defaults(func=cmd_screen)
 
@@ -268,7 +280,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("space", help="search-space YAML file (its `compare` section)")
     c.add_argument("--seeds", type=int, help="number of seeds (default: compare.seeds)")
     c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    c.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
+                   "sqlite:///./mlflow.db)")
     c.add_argument("--storage", help="Ray Tune storage directory or URI, as for screen")
     c.add_argument("--address", help="Ray cluster address HOST:6379 or auto (default: "
                    "RAY_ADDRESS, else a local Ray)")

@@ -85,15 +85,24 @@ class _Writer:
     def __init__(self, background: bool) -> None:
         self.background = background
         self.stats = {"calls": 0, "write_s": 0.0, "errors": 0}
+        self.fatal: TrackingError | None = None
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queues ``fn(*args)``; a failure is logged as a warning, never raised."""
+        """Queues ``fn(*args)``; a failure is logged as a warning, not raised, except that
+        once the store is gone for good (a :class:`TrackingError` such as
+        ``retry.ServerGoneError``) every later submit or call raises it."""
+        self._raise_fatal()
         self._put(functools.partial(fn, *args), None)
+
+    def _raise_fatal(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Runs ``fn(*args)`` after everything queued; returns its result or raises."""
+        self._raise_fatal()
         future: Future = Future()
         self._put(functools.partial(fn, *args), future)
         return future.result()
@@ -119,11 +128,18 @@ class _Writer:
             self._run(*item)
 
     def _run(self, fn: Callable[[], Any], future: Future | None) -> None:
+        if self.fatal is not None:  # the store is gone: nothing more is tried
+            self.stats["errors"] += 1
+            if future is not None:
+                future.set_exception(self.fatal)
+            return
         start = time.perf_counter()
         try:
             out = fn()
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop training
             self.stats["errors"] += 1
+            if isinstance(exc, TrackingError) and self.fatal is None:
+                self.fatal = exc  # the store is gone: the next hook raises it
             if future is None:
                 name = getattr(getattr(fn, "func", fn), "__name__", "call")
                 log.warning("MLflow write %s failed: %s", name, exc)
@@ -336,10 +352,15 @@ class MLflowTrialCallback(Callback):
         self.run_ids.update(state.get("run_ids", {}))
 
     def close(self) -> None:
-        """Ends every still-open run KILLED and waits until everything is written."""
-        for trial_id in list(self._trials):
-            self._finish(trial_id, "KILLED")
-        self._writer.close()
+        """Ends every still-open run KILLED and waits until everything is written; raises
+        the store's fatal error (e.g. a server that never came back) if there was one."""
+        try:
+            for trial_id in list(self._trials):
+                self._finish(trial_id, "KILLED")
+        finally:
+            self._writer.close()
+        if self._writer.fatal is not None:
+            raise self._writer.fatal
 
     def _open(self, trial: Any) -> _TrialRun:
         if (run := self._trials.get(trial.trial_id)) is None:

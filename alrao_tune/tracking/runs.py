@@ -78,11 +78,17 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def mlflow_client(uri: str) -> MlflowClient:
-    """A new ``MlflowClient``; http stores print no "View run" URL per created run."""
+    """A new ``MlflowClient``; http stores print no "View run" URL per created run, and
+    their calls survive a server restart (:mod:`alrao_tune.tracking.retry`)."""
     from mlflow import MlflowClient
 
     os.environ.setdefault("MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT", "true")
-    return MlflowClient(uri)
+    if not uri.startswith(("http://", "https://")):
+        return MlflowClient(uri)
+    from alrao_tune.tracking.retry import RetryingClient, lower_mlflow_http_retries
+
+    lower_mlflow_http_retries()
+    return RetryingClient(MlflowClient(uri), uri)  # type: ignore[return-value]
 
 
 def check_reachable(uri: str, timeout_s: float = 3.0) -> None:

@@ -42,10 +42,11 @@ from typing import Any
 import pandas as pd
 
 from alrao_tune.report import screening
-from alrao_tune.schema import KIND_TAG
+from alrao_tune.schema import KIND_TAG, OPTUNA_STORAGE_TAG, STUDIES_TAG
 from alrao_tune.space import SearchSpace, load_space
-from alrao_tune.tune import stages
+from alrao_tune.tune import optuna_storage, stages
 from alrao_tune.tune.preflight import preflight
+from alrao_tune.tune.progress import progress_callback
 from alrao_tune.tune.resume import (
     PipelineState,
     announce_resume,
@@ -83,6 +84,9 @@ class ScreenResult:
     run_ids: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     storage: str = ""
+    model_uri: str | None = None  # the winner, logged with mlflow.pytorch (None: not logged)
+    optuna_storage: str | None = None  # the RDB URL of stage 2's studies (None: in memory)
+    optuna_studies: dict[str, str] = field(default_factory=dict)  # arch -> study name
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (NaN/inf become None)."""
@@ -95,7 +99,9 @@ class ScreenResult:
             "space": self.space, "tracking_uri": self.tracking_uri,
             "experiment_id": self.experiment_id, "run_ids": self.run_ids,
             "timings": {k: _clean(v) for k, v in self.timings.items()},
-            "storage": self.storage, "leaderboard": rows(self.leaderboard),
+            "storage": self.storage, "model_uri": self.model_uri,
+            "optuna_storage": self.optuna_storage, "optuna_studies": self.optuna_studies,
+            "leaderboard": rows(self.leaderboard),
             "stage1": rows(self.stage1), "stage2": rows(self.stage2),
             "stage1_trials": rows(self.stage1_trials), "stage2_trials": rows(self.stage2_trials),
         }
@@ -119,8 +125,13 @@ def screen(
     output: str | Path | None = None,
     resume: bool = False,
     progress: Progress | None = print,
+    register_model: str | None = None,
 ) -> ScreenResult:
     """Runs the two-stage screening of a search space; see the module docstring.
+
+    The winner (the best trial of the leaderboard's first architecture) is logged as an
+    MLflow model under the pipeline run (``ScreenResult.model_uri``; registered under
+    ``register_model`` when given; :func:`alrao_tune.load_best` loads it back).
 
     Raises:
         SpaceError, ConfigError, DatasetError, ArchError, TrackingError: bad input, raised
@@ -143,10 +154,13 @@ def screen(
         state.check_checkpoints(say)  # reads only: a bad checkpoint fails before any write
     uri = tracking_uri or tracking.default_tracking_uri()
     tracking.check_reachable(uri)
+    optuna_url = optuna_storage.storage_url(space.stage2.storage, uri, Location.parse(storage))
+    optuna = optuna_storage.open_storage(optuna_url) if space.stage2.enabled else None
     with ray_session(address, resources=space.resources.model_dump()):
         experiment_id = tracking.prepare_store(uri, space.name)
         tree = tracking.RunTree(uri, experiment_id)
         pipe = _Pipeline(space, archs, tree, base, say, state, faults, settings)
+        pipe.register_model, pipe.optuna, pipe.optuna_url = register_model, optuna, optuna_url
         result = pipe.run()
     result.tracking_uri = uri
     if output is not None:
@@ -167,6 +181,10 @@ class _Pipeline:
         self.run_ids: dict[str, str] = {}
         self.open_runs: list[str] = []
         self.timings: dict[str, float] = {}
+        self.register_model: str | None = None
+        self.optuna: Any = None  # the Optuna storage of stage 2's studies
+        self.optuna_url: str | None = None
+        self.studies: dict[str, str] = {}
 
     def run(self) -> ScreenResult:
         space, tree = self.space, self.tree
@@ -184,6 +202,8 @@ class _Pipeline:
             board = screening.leaderboard(s1, s2, mode)
             result = ScreenResult(space.name, t1, s1, t2, s2, board, "", tree.experiment_id,
                                   dict(self.run_ids), dict(self.timings), str(self.state.root))
+            result.model_uri = self._log_winner(pipeline_run, board, t1, t2)
+            result.optuna_storage, result.optuna_studies = self.optuna_url, self.studies
             _log_pipeline_artifacts(tree, pipeline_run, space, result)
             with _figures_folder(self.state.root) as folder:
                 _log_figures(tree, pipeline_run, space, result, folder)
@@ -196,6 +216,20 @@ class _Pipeline:
             for run_id in reversed(self.open_runs):
                 tree.end(run_id, status)
             self.state.finish(status)
+
+    def _log_winner(self, run_id: str, board: pd.DataFrame, t1: pd.DataFrame,
+                    t2: pd.DataFrame | None) -> str | None:
+        from alrao_tune.tune.winner import log_winner
+
+        label, trials, s = ("stage2", t2, self.space.stage2) if t2 is not None \
+            else ("stage1", t1, self.space.stage1)
+        mode = self.space.stage2_mode if t2 is not None else self.space.stage1_mode
+        trial = screening.winner_trial(board, trials, s.metric, mode)
+        if trial is None:
+            self.say("no winner to log: the first architecture has no usable trial")
+            return None
+        return log_winner(self.tree, run_id, self.state.root / label, trial,
+                          self.register_model, self.say)
 
     def _run(self, key: str, name: str, parent: str | None, params: dict | None = None) -> str:
         """The run ``key`` of this screening: created, or on resume reopened (a finished
@@ -255,16 +289,24 @@ class _Pipeline:
             self.say("  lr ranges (within {:g} decade(s) of Alrao's rate): {}".format(
                 s2.lr_window, ", ".join(f"{n} {lo:.2g}..{hi:.2g}"
                                         for n, (lo, hi) in ranges.items())))
+        studies = {n: optuna_storage.study_name(space.name, pipeline_run, n) for n in chosen}
+        self.studies = studies
+        self.tree.set_tags(run, {STUDIES_TAG: json.dumps(studies),
+                                 OPTUNA_STORAGE_TAG: self.optuna_url or "memory"})
         searcher = PerArchSearch(
-            {n: stages.stage2_searcher(space, metric, mode, first[n], ranges[n])
-             for n in chosen},
+            {n: stages.stage2_searcher(space, metric, mode, ranges[n], storage=self.optuna,
+                                       study_name=studies[n]) for n in chosen},
             {n: stages.stage2_param_space(space, by_name[n]) for n in chosen},
-            budget=s2.trials_per_arch, metric=metric, mode=mode)
+            budget=s2.trials_per_arch, metric=metric, mode=mode,
+            studies={n: (self.optuna, studies[n]) for n in chosen},
+            first_points={n: {"lr": first[n]} for n in chosen if first[n] is not None})
         job = TuneJob(
             name="stage2", param_space={}, storage=self.state.root,
             resources=space.resources.model_dump(), metric=metric, mode=mode,
             num_samples=s2.trials_per_arch * len(chosen), search_alg=searcher)
         frame = self._stage_frame(job, run, "stage2")
+        if orphans := optuna_storage.close_studies(self.optuna, list(studies.values())):
+            self.say(f"  {orphans} Optuna trial(s) a kill left RUNNING ended FAIL")
         frame["seeded"] = [first.get(a) is not None and math.isclose(v, first[a], rel_tol=1e-9)
                            for a, v in zip(frame["arch"], frame["lr"])]
         self._end(run)
@@ -320,32 +362,10 @@ def _trial_name(trial: Any) -> str:
     return f"{config.get('arch_name', trial.trial_id)} lr={lr:.3g}" if lr else trial.trial_id
 
 
-class _ProgressCallback:
-    """Prints one line per finished trial (a Tune callback, duck-typed below)."""
-
-    def __new__(cls, say: Progress, label: str, total: int | None = None,
-                name_fn: Callable[[Any], str] | None = None, start: int = 0) -> Any:
-        name = name_fn or _trial_name
-        from ray import tune
-
-        class Printer(tune.Callback):
-            def __init__(self) -> None:
-                self.done = start
-
-            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **kw: Any):
-                self.done += 1
-                r = trial.last_result or {}
-                say(f"  [{label}] {self.done}/{total or len(trials)} {name(trial)}: "
-                    f"val_loss={r.get('best_val_loss', float('nan')):.4f} "
-                    f"val_acc={r.get('best_val_acc', float('nan')):.3f} "
-                    f"({r.get('run_status', r.get('status', 'stopped'))}, "
-                    f"{r.get('time_total_s', 0):.0f}s)")
-
-            def on_trial_error(self, iteration: int, trials: list, trial: Any, **kw: Any):
-                self.done += 1
-                say(f"  [{label}] {self.done}/{total or len(trials)} {name(trial)}: FAILED")
-
-        return Printer()
+def _ProgressCallback(say: Progress, label: str, total: int | None = None,  # noqa: N802
+                      name_fn: Callable[[Any], str] | None = None, start: int = 0) -> Any:
+    """One line per finished trial; a bar per stage on a terminal (:mod:`.progress`)."""
+    return progress_callback(say, label, total, name_fn or _trial_name, start)
 
 
 def _format_stage1(s1: pd.DataFrame, k: int) -> str:

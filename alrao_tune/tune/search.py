@@ -27,11 +27,22 @@ class PerArchSearch(Searcher):
             (the trial's ``train`` dict, ``arch_name``, ``stage``).
         budget: trials per architecture.
         metric, mode: the experiment's metric and mode (the searchers' own are used).
+        studies: ``{arch_name: (optuna storage, study name)}``, the study each searcher
+            was built on. Before an architecture's first suggestion its study's RUNNING
+            trials (left by a kill before this experiment started) end FAIL and its
+            ``first_points`` entry is enqueued unless the study has it already; a searcher
+            restored by ``Tuner.restore`` (its state pickled) does neither again.
+        first_points: ``{arch_name: params}`` evaluated first (the Alrao effective rate).
     """
 
     def __init__(self, searchers: Mapping[str, Searcher], constants: Mapping[str, dict],
-                 budget: int, metric: str, mode: str) -> None:
+                 budget: int, metric: str, mode: str,
+                 studies: Mapping[str, tuple[Any, str]] | None = None,
+                 first_points: Mapping[str, dict] | None = None) -> None:
         super().__init__(metric=metric, mode=mode)
+        self._studies = dict(studies or {})
+        self._first = {k: dict(v) for k, v in (first_points or {}).items() if v}
+        self._prepared: set[str] = set()
         self._searchers = dict(searchers)
         self._constants = {k: dict(v) for k, v in constants.items()}
         self._left = {name: budget for name in self._searchers}
@@ -49,6 +60,7 @@ class PerArchSearch(Searcher):
             self._next += 1
             if self._left[name] <= 0:
                 continue
+            self._prepare(name)
             suggestion = self._searchers[name].suggest(trial_id)
             if suggestion is None:  # that searcher waits for results; try another
                 continue
@@ -59,6 +71,20 @@ class PerArchSearch(Searcher):
             self._owner[trial_id] = name
             return {**self._constants[name], **suggestion}
         return Searcher.FINISHED if all(v <= 0 for v in self._left.values()) else None
+
+    def _prepare(self, name: str) -> None:
+        if name in self._prepared or name not in self._studies:
+            return
+        import optuna
+
+        from alrao_tune.tune.optuna_storage import enqueue_once, fail_orphans
+
+        storage, study_name = self._studies[name]
+        study = optuna.load_study(study_name=study_name, storage=storage)
+        fail_orphans(study)
+        if name in self._first:
+            enqueue_once(study, self._first[name])
+        self._prepared.add(name)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._owner:
