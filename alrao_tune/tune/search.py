@@ -10,6 +10,7 @@ them all, and each study only ever sees its own architecture's results.
 
 from __future__ import annotations
 
+import contextlib
 import pickle
 from collections.abc import Mapping
 from typing import Any
@@ -88,12 +89,15 @@ class PerArchSearch(Searcher):
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         if trial_id in self._owner:
-            self._searchers[self._owner[trial_id]].on_trial_result(trial_id, result)
+            with _told_before():
+                self._searchers[self._owner[trial_id]].on_trial_result(trial_id, result)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None,
                           error: bool = False) -> None:
         if trial_id in self._owner:
-            self._searchers[self._owner[trial_id]].on_trial_complete(trial_id, result, error)
+            with _told_before():
+                self._searchers[self._owner[trial_id]].on_trial_complete(trial_id, result,
+                                                                         error)
 
     def save(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "wb") as f:
@@ -102,3 +106,12 @@ class PerArchSearch(Searcher):
     def restore(self, checkpoint_path: str) -> None:
         with open(checkpoint_path, "rb") as f:
             self.__dict__.update(pickle.load(f))
+
+
+def _told_before() -> contextlib.AbstractContextManager[None]:
+    """Ignores Optuna's "trial already finished": with a persistent storage a trial can
+    finish in the study after Tune saved the searcher and before a kill; the restored
+    searcher then tells it again when the resumed trial re-reports its (identical) end."""
+    import optuna
+
+    return contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError)
