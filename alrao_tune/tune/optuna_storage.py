@@ -5,7 +5,8 @@ One study per top-k architecture, named ``<space>/<pipeline run id>/<architectur
 one Optuna storage per screening location:
 
 * ``stage2.storage`` unset: an SQLite file ``optuna.db`` beside the MLflow SQLite store
-  (MLflow and Optuna both keep an ``alembic_version`` table: never the same file), or in
+  ``mlflow.db`` (``<stem>-optuna.db`` beside any other ``<stem>.db``; MLflow and Optuna
+  both keep an ``alembic_version`` table: never the same file), or in
   the ``--storage`` folder when MLflow is a server; in memory when neither is local;
 * ``stage2.storage: memory``: in memory (gone when the screening ends);
 * any other value: an Optuna RDB URL (``sqlite:////abs/optuna.db``,
@@ -38,8 +39,9 @@ def storage_url(setting: str | None, tracking_uri: str, storage: Location) -> st
     if setting:
         return setting
     db = sqlite_path(tracking_uri)
-    if db is not None:
-        return f"sqlite:///{db.parent / FILE_NAME}"
+    if db is not None:  # mlflow.db -> optuna.db; runs.db -> runs-optuna.db
+        name = FILE_NAME if db.name == "mlflow.db" else f"{db.stem}-{FILE_NAME}"
+        return f"sqlite:///{db.parent / name}"
     if storage.local is not None:
         return f"sqlite:///{Path(storage.path) / FILE_NAME}"
     return None
