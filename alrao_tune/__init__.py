@@ -3,10 +3,15 @@
 Python API (imported lazily, so ``import alrao_tune`` stays light)::
 
     import alrao_tune
-    result = alrao_tune.screen("searchspaces/quickstart.yaml")   # ScreenResult
-    result.leaderboard                                           # pandas DataFrame
-    model = alrao_tune.load_best("quickstart")                    # the winner, torch.nn.Module
+    result = alrao_tune.screen("quickstart")   # a shipped space, or a YAML file: ScreenResult
+    result.leaderboard                         # pandas DataFrame
+    model = alrao_tune.load_best("quickstart")  # the winner, a torch.nn.Module
     history = alrao_tune.fit({"dataset": "mnist1d", "arch": {"family": "cnn1d"}})
+
+Layers (each imports only those before it): ``alrao`` (the method, torch only), ``schema``
+and ``errors`` (shared names, the error base), ``data``, ``zoo``, ``train``, ``space``,
+``tracking`` (MLflow), ``report`` (pure tables and figures), ``tune`` (Ray Tune: the
+pipeline driver of ``screen`` and ``compare``), ``bench``, ``dashboard``, ``cli``.
 """
 
 from __future__ import annotations

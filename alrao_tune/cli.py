@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import math
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from alrao_tune.errors import EXIT_USAGE, AlraoTuneError
+from alrao_tune.schema import LR_FREE_METHODS
 
 EXIT_INTERRUPTED = 130  # as a shell reports a SIGINT
 
@@ -87,6 +90,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         "arch": arch, "method": args.method, "epochs": args.epochs,
         "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
         "momentum": args.momentum, "patience": args.patience, "min_epochs": args.min_epochs,
+        "compile": args.compile,
     }
     for key in ("lr", "lr_min", "lr_max", "n_heads", "weight_decay"):
         if getattr(args, key) is not None:
@@ -186,13 +190,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     from alrao_tune.bench import overhead as bench
 
     if args.what == "overhead":
-        figures = bench.overhead(steps=args.steps)
+        figures = bench.overhead(steps=args.steps, compile=args.compile)
         if args.json:
             _print_json(figures)
         else:
-            for name in bench.MODELS:
+            names = [*bench.MODELS, *(f"{n}_compiled" for n in bench.MODELS if args.compile)]
+            for name in names:
                 f = figures[name]
-                print(f"{name:>4}: sgd {f['sgd_ms']:.3f} ms  alrao {f['alrao_ms']:.3f} ms  "
+                print(f"{name:>12}: sgd {f['sgd_ms']:.3f} ms  alrao {f['alrao_ms']:.3f} ms  "
                       f"ratio {f['ratio']:.3f}")
             print(f"switch update (K=10): {figures['switch']['update_us']:.1f} µs")
             st = figures["state"]
@@ -224,6 +229,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
 # ------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
+    """The ``alrao-tune`` parser: one subcommand per job."""
     parser = argparse.ArgumentParser(
         prog="alrao-tune",
         description="Screen architectures cheaply with Alrao, then tune only the best.")
@@ -231,7 +237,21 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"alrao-tune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
+    _add_train(sub)
+    _add_screen(sub)
+    _add_compare(sub)
+    _add_bench(sub)
+    from alrao_tune.dashboard.launch import add_ui_parser
 
+    add_ui_parser(sub)
+    return parser
+
+
+SPACE_HELP = ("a search-space YAML file, or the name of a shipped space (quickstart, digits, "
+              "mnist1d, mnist1d-nonrecurrent, cifar10)")
+
+
+def _add_train(sub: Any) -> None:
     t = sub.add_parser("train", help="train one architecture with alrao, sgd or adam")
     t.add_argument("--dataset", default="mnist1d")
     t.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
@@ -239,7 +259,8 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--arch", help="a family name (cnn1d), a JSON spec, or a builder "
                    "module:function (default: by the dataset's inputs: cnn1d for vectors, "
                    "cnn2d for images, gru for tokens)")
-    t.add_argument("--method", choices=("alrao", "sgd", "adam"), default="alrao")
+    t.add_argument("--method", choices=("alrao", "sgd", "adam", *LR_FREE_METHODS),
+                   default="alrao")
     t.add_argument("--lr", type=float)
     t.add_argument("--lr-min", dest="lr_min", type=float)
     t.add_argument("--lr-max", dest="lr_max", type=float)
@@ -256,19 +277,28 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--checkpoint", help="write a checkpoint here after every epoch")
     t.add_argument("--resume", help="continue from a checkpoint written by --checkpoint")
     t.add_argument("--json", action="store_true", help="print the result as one JSON object")
+    t.add_argument("--compile", action="store_true",
+                   help="torch.compile the training step (forward, backward, optimizer step)")
     t.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("screen", help="two-stage screening of a search-space YAML")
-    s.add_argument("space", help="search-space YAML file (see searchspaces/)")
-    s.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+
+def _add_job_options(p: argparse.ArgumentParser) -> None:
+    """The options screen and compare share: overrides, stores, cluster, resume."""
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a YAML key, e.g. --set stage1.top_k=3")
-    s.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
-                   "sqlite:///./mlflow.db)")
-    s.add_argument("--storage", help="Ray Tune storage: a directory (shared by all nodes on "
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                   "else sqlite:///./mlflow.db)")
+    p.add_argument("--storage", help="Ray Tune storage: a directory (shared by all nodes on "
                    "a cluster) or a URI such as s3://bucket/prefix, gs://..., file:///abs "
                    "(default ./alrao_runs)")
-    s.add_argument("--address", help="Ray cluster address HOST:6379 or auto (default: "
+    p.add_argument("--address", help="Ray cluster address HOST:6379 or auto (default: "
                    "RAY_ADDRESS, else a local Ray)")
+
+
+def _add_screen(sub: Any) -> None:
+    s = sub.add_parser("screen", help="two-stage screening of a search space")
+    s.add_argument("space", help=SPACE_HELP)
+    _add_job_options(s)
     s.add_argument("--output", help="write leaderboard.csv, stage1/2.csv, results.json here")
     s.add_argument("--resume", action="store_true", help="finish the newest interrupted run")
     s.add_argument("--register-model", metavar="NAME", help="register the winner's model "
@@ -276,27 +306,28 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print results.json to stdout")
     s.set_defaults(func=cmd_screen)
 
+
+def _add_compare(sub: Any) -> None:
     c = sub.add_parser("compare", help="measure the Alrao proxy against grid-searched SGD")
-    c.add_argument("space", help="search-space YAML file (its `compare` section)")
+    c.add_argument("space", help=SPACE_HELP + "; its `compare` section is used")
     c.add_argument("--seeds", type=int, help="number of seeds (default: compare.seeds)")
-    c.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
-    c.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else "
-                   "sqlite:///./mlflow.db)")
-    c.add_argument("--storage", help="Ray Tune storage directory or URI, as for screen")
-    c.add_argument("--address", help="Ray cluster address HOST:6379 or auto (default: "
-                   "RAY_ADDRESS, else a local Ray)")
+    _add_job_options(c)
     c.add_argument("--output", help="write report-*.md, trials.csv, compare.json, PNGs here")
     c.add_argument("--resume", action="store_true",
                    help="finish the newest interrupted comparison (same --storage)")
     c.add_argument("--json", action="store_true")
     c.set_defaults(func=cmd_compare)
 
+
+def _add_bench(sub: Any) -> None:
     b = sub.add_parser("bench", help="benchmarks that print figures")
     b.add_argument("what", choices=("overhead", "loop", "soak"),
                    help="overhead: Alrao vs SGD step time; loop: the training loop's own "
                         "cost; soak: many tiny trials with injected faults, then an audit "
                         "that no MLflow run or value was lost (exit 1 if one was)")
     b.add_argument("--steps", type=int, default=200, help="overhead: timed steps per model")
+    b.add_argument("--compile", action="store_true",
+                   help="overhead: also time both steps compiled with torch.compile")
     b.add_argument("--epochs", type=int, default=3, help="loop: timed epochs")
     b.add_argument("--trials", type=int, default=50, help="soak: tiny trials in one experiment")
     b.add_argument("--failure-rate", type=float, default=0.2,
@@ -307,19 +338,29 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--json", action="store_true")
     b.set_defaults(func=cmd_bench)
 
-    from alrao_tune.dashboard.launch import add_ui_parser
 
-    add_ui_parser(sub)
-    return parser
+def configure_process() -> None:
+    """What the command line sets up for its own process, and library functions never do:
+    the environment defaults of Ray (:data:`~alrao_tune.tune.session.RAY_ENV_DEFAULTS`:
+    quiet Tune, Ctrl-C raising ``KeyboardInterrupt``) and MLflow
+    (:data:`~alrao_tune.tracking.MLFLOW_ENV_DEFAULTS`), each kept when already set, and
+    logging: the progress lines are alrao_tune's own; MLflow's and Alembic's database
+    set-up chatter, Ray Tune's and Optuna's INFO messages are hidden."""
+    from alrao_tune.tracking.runs import MLFLOW_ENV_DEFAULTS
+    from alrao_tune.tune.session import RAY_ENV_DEFAULTS
+
+    for key, value in {**RAY_ENV_DEFAULTS, **MLFLOW_ENV_DEFAULTS}.items():
+        os.environ.setdefault(key, value)
+    levels = {"mlflow": logging.WARNING, "alembic": logging.WARNING, "optuna": logging.WARNING,
+              "ray.tune": logging.ERROR, "ray.train": logging.ERROR, "ray.air": logging.ERROR}
+    for name, level in levels.items():
+        logging.getLogger(name).setLevel(level)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``alrao-tune`` console script."""
     args = build_parser().parse_args(argv)
-    import logging
-
-    for name in ("mlflow", "alembic"):  # database set-up chatter
-        logging.getLogger(name).setLevel(logging.WARNING)
+    configure_process()
     try:
         return int(args.func(args))
     except AlraoTuneError as err:

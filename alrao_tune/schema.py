@@ -16,7 +16,7 @@ DATASETS = ("mnist1d", "digits", "cifar10", "text", "synthetic", "blobs")
 PATH_DATASETS = ("cifar10", "text")  # need dataset.options.path
 # The architecture families of ``alrao_tune.zoo`` (its option schemas are keyed by these).
 FAMILIES = ("mlp", "cnn1d", "cnn2d", "mobilenet", "inception", "resnet", "gru", "lstm",
-            "cnn_gru")
+            "cnn_gru", "transformer")
 # The learning-rate schedules of ``alrao_tune.train.schedule`` and their options.
 SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
     "constant": (),
@@ -25,6 +25,15 @@ SCHEDULE_OPTIONS: dict[str, tuple[str, ...]] = {
     "cyclic": ("base_lr_factor", "step_size_epochs"),
     "onecycle": ("max_lr_factor", "pct_start", "div_factor", "final_div_factor"),
 }
+
+# The learning-rate-free methods of ``alrao_tune.train.optimizers`` (package defaults).
+LR_FREE_METHODS = ("prodigy", "dadapt_sgd", "dadapt_adam", "schedulefree_sgd",
+                   "schedulefree_adamw")
+# What a screening's stage 1 can train each architecture with (``stage1.proxy``).
+STAGE1_PROXIES = ("alrao", "adam", *LR_FREE_METHODS)
+# The screening strategies ``compare`` runs end to end (``compare.strategies``); besides
+# these, ``two_stage_<proxy>`` screens with another stage-1 proxy.
+STRATEGIES = ("two_stage", "asha", "asha_tpe", "random")
 
 # ------------------------------------------------------------------------- trial table
 # One row per Tune trial (``alrao_tune.tune.runner.trials_frame``, and the dashboard's

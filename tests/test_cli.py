@@ -82,3 +82,36 @@ def test_bench_overhead_json(capsys):
         assert set(out[model]) == {"sgd_ms", "alrao_ms", "ratio"}
         assert out[model]["ratio"] > 0
     assert out["switch"]["update_us"] > 0
+
+
+def test_bench_overhead_compile_reports_compiled_and_eager_ratios(capsys, monkeypatch):
+    from alrao_tune.bench import overhead
+
+    calls = []
+
+    def fake(name, *, steps, compile=False):
+        calls.append((name, compile))
+        ratio = 1.1 if compile else 1.2
+        return {"sgd_ms": 1.0, "alrao_ms": ratio, "ratio": ratio}
+
+    monkeypatch.setattr(overhead, "step_overhead", fake)
+    assert main(["bench", "overhead", "--steps", "2", "--compile"]) == 0
+    out = capsys.readouterr().out
+    # both the eager and the compiled ratios, for both models, in one run
+    assert sorted(calls) == [("cnn", False), ("cnn", True), ("mlp", False), ("mlp", True)]
+    assert "mlp_compiled: sgd 1.000 ms  alrao 1.100 ms  ratio 1.100" in out
+    assert "mlp: sgd 1.000 ms  alrao 1.200 ms  ratio 1.200" in out
+
+
+def test_train_compile_flag(capsys, monkeypatch):
+    import functools
+
+    import torch
+
+    import alrao_tune.train.step as step_module
+
+    monkeypatch.setattr(step_module.torch, "compile",
+                        functools.partial(torch.compile, backend="aot_eager"))
+    assert main(["train", *BLOBS, "--arch", "mlp", "--epochs", "1", "--compile", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["config"]["compile"] is True and out["summary"]["epochs"] == 1

@@ -9,8 +9,12 @@ spread log-uniformly over the same interval, and the clones are averaged by the 
 from alrao_tune.alrao.heads import AlraoHeads
 from alrao_tune.alrao.lr import (
     FeatureLR,
+    FeatureRow,
+    FeatureSet,
     UnsupportedLayerError,
+    describe_features,
     feature_lrs,
+    format_features,
     log_uniform,
     register_feature_rule,
 )
@@ -24,9 +28,13 @@ __all__ = [
     "AlraoModel",
     "AlraoSGD",
     "FeatureLR",
+    "FeatureRow",
+    "FeatureSet",
     "Switch",
     "UnsupportedLayerError",
+    "describe_features",
     "feature_lrs",
+    "format_features",
     "log_uniform",
     "register_feature_rule",
 ]

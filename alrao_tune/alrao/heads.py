@@ -51,51 +51,6 @@ def head_learning_rates(n_heads: int, lr_min: float, lr_max: float) -> Tensor:
     return grid.exp().to(torch.float32)
 
 
-class _RoutedHeads(torch.autograd.Function):
-    """One pass of all heads with two outputs whose gradients go to different places.
-
-    Forward: ``out = f(features @ weight.T + bias)`` once (``f`` = log_softmax for
-    classification, identity for regression), returned twice. Backward: the gradient of
-    the first output reaches only ``weight``/``bias`` (as if ``features`` were detached),
-    the gradient of the second only ``features`` (as if the head parameters were
-    detached). That is Alrao's update in one matmul instead of two passes. Heads with
-    non-finite parameters pass no gradient to ``features``.
-    """
-
-    @staticmethod
-    def forward(ctx, features: Tensor, weight: Tensor, bias: Tensor, log_softmax: bool):
-        k, c, d = weight.shape
-        out = torch.addmm(bias.reshape(k * c), features, weight.reshape(k * c, d).t())
-        out = out.view(-1, k, c)
-        if log_softmax:
-            out = out.log_softmax(-1)
-        ctx.log_softmax = log_softmax
-        ctx.save_for_backward(features, weight, out)
-        return out, out.clone()
-
-    @staticmethod
-    def backward(ctx, g_own: Tensor | None, g_mix: Tensor | None):
-        features, weight, out = ctx.saved_tensors
-        k, c, d = weight.shape
-        grad_features = grad_weight = grad_bias = None
-        if g_own is not None and (ctx.needs_input_grad[1] or ctx.needs_input_grad[2]):
-            d_own = _lsm_backward(g_own, out, ctx.log_softmax).reshape(-1, k * c)
-            grad_weight = (d_own.t() @ features).view(k, c, d)
-            grad_bias = d_own.sum(0).view(k, c)
-        if g_mix is not None and ctx.needs_input_grad[0]:
-            d_mix = _lsm_backward(g_mix, out, ctx.log_softmax)
-            d_mix = torch.nan_to_num(d_mix, nan=0.0, posinf=0.0, neginf=0.0)
-            w = torch.where(torch.isfinite(weight), weight, 0.0).reshape(k * c, d)
-            grad_features = d_mix.reshape(-1, k * c) @ w
-        return grad_features, grad_weight, grad_bias, None
-
-
-def _lsm_backward(grad: Tensor, out: Tensor, log_softmax: bool) -> Tensor:
-    if not log_softmax:
-        return grad
-    return torch.ops.aten._log_softmax_backward_data(grad, out, -1, out.dtype)
-
-
 class AlraoHeads(nn.Module):
     """K independent ``nn.Linear(in_features, out_features)`` heads, run as one matmul.
 
@@ -181,24 +136,11 @@ class AlraoHeads(nn.Module):
             bias: optional replacement for ``self.bias``, [K, C].
 
         Returns:
-            Shape [..., K, C].
+            Shape [..., K, C], float32 or wider (also under bf16/fp16 autocast).
         """
         out = self.linear(features, weight, bias)
+        out = out.to(torch.promote_types(out.dtype, torch.float32))  # float32 under autocast
         return out.log_softmax(-1) if self.task == "classification" else out
-
-    def routed(self, features: Tensor) -> tuple[Tensor, Tensor]:
-        """Per-head predictions twice, from ONE matmul, with separate gradient routes.
-
-        Args:
-            features: shape [N, D].
-
-        Returns:
-            ``(own, mix)``, each [N, K, C] and equal to ``forward(features)``: gradients
-            through ``own`` reach only the heads' parameters, gradients through ``mix``
-            only ``features`` (see :class:`_RoutedHeads`).
-        """
-        return _RoutedHeads.apply(features, self.weight, self.bias,
-                                  self.task == "classification")
 
     def nll(self, outputs: Tensor, target: Tensor) -> Tensor:
         """Per-example, per-head negative log-likelihood.

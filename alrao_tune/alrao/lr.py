@@ -9,23 +9,9 @@ A feature is the set of incoming weights of one output unit. The *layout* of a m
 for every parameter, which feature each element belongs to; it is computed here by per-layer
 *rules* (see :func:`register_feature_rule`) and consumed by ``AlraoSGD`` / ``AlraoAdam``.
 
-Built-in rules (rule lookup walks the MRO, so subclasses of these types match):
-
-* ``Linear``, ``Bilinear``, ``Conv{1,2,3}d`` (incl. grouped / depthwise): dim 0 of ``weight``;
-  ``bias`` shares the rates.
-* ``ConvTranspose{1,2,3}d``: the output channel. Weight is ``[in, out/groups, *k]``; with
-  ``groups == 1`` that is dim 1; with ``groups > 1`` output channel ``g * out/groups + j``
-  owns ``weight[g*in/groups:(g+1)*in/groups, j]``, expressed by an index map of shape
-  ``[in, out/groups, 1, ...]`` (O(in * out / groups) integers, no parameter-shaped copy).
-* ``BatchNorm``, ``InstanceNorm``, ``GroupNorm``, ``PReLU``: one rate per channel (weight and
-  bias share). ``LayerNorm``, ``RMSNorm``: one rate per normalized element.
-* ``Embedding``, ``EmbeddingBag``: one rate per embedding coordinate (dim 1).
-* ``RNN``, ``GRU``, ``LSTM`` and their cells: one rate per hidden unit, shared by all gates of
-  the unit and by ``weight_ih``, ``weight_hh``, ``bias_ih``, ``bias_hh`` (row ``r`` belongs to
-  unit ``r % hidden_size``); an independent set per layer and direction. ``weight_hr`` (LSTM
-  with ``proj_size > 0``) gets its own per-row rates.
-* ``MultiheadAttention``: one rate per row of the (packed or separate) q/k/v projections,
-  shared with ``in_proj_bias`` and ``bias_k`` / ``bias_v``; ``out_proj`` is a ``Linear``.
+Rules for torch's layers live in :mod:`~alrao_tune.alrao.features`; parameters no rule covers
+get the channel-dimension fallback of :mod:`~alrao_tune.alrao.infer` (``strict=True`` makes
+them an error instead). :func:`describe_features` shows which rule decided each parameter.
 
 A module with an ``alrao_feature_lrs(lr_min, lr_max) -> {name: (dim, rates)}`` method gets
 those fixed rates instead (the Alrao output heads use this).
@@ -34,11 +20,22 @@ those fixed rates instead (the Alrao output heads use this).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
+
+from alrao_tune.alrao.features import (
+    FeatureRule,
+    FeatureSet,
+    UnsupportedLayerError,
+    find_rule,
+    register_feature_rule,
+    unsupported,
+)
+from alrao_tune.alrao.infer import infer_feature_sets
 
 __all__ = [
     "FeatureLR",
@@ -47,38 +44,15 @@ __all__ = [
     "UnsupportedLayerError",
     "broadcast_rates",
     "check_lr_interval",
+    "FeatureRow",
     "describe",
+    "describe_features",
     "feature_lrs",
+    "format_features",
     "log_uniform",
     "n_features",
     "register_feature_rule",
 ]
-
-
-class UnsupportedLayerError(ValueError):
-    """A module owns parameters but no rule says which of them form one feature."""
-
-
-@dataclass(frozen=True)
-class FeatureSet:
-    """``n`` features whose rates are shared by some parameters of one module (a rule's output).
-
-    Attributes:
-        n: Number of features, i.e. of rates to draw.
-        dims: Direct parameter name -> the dim along which its features vary: element ``i``
-            along that dim belongs to feature ``i``.
-        index: Optional parameter name -> integer tensor broadcastable to the parameter that
-            gives the feature of each element, for layouts that are not one feature per slice
-            (RNN gate rows, grouped transposed convolutions, multi-dim LayerNorm).
-    """
-
-    n: int
-    dims: Mapping[str, int]
-    index: Mapping[str, Tensor] = field(default_factory=dict)
-
-
-FeatureRule = Callable[[nn.Module], Sequence[FeatureSet]]
-"""A rule maps a module to the feature sets covering all of its direct parameters."""
 
 
 @dataclass(frozen=True, eq=False)
@@ -93,6 +67,8 @@ class FeatureLR:
         index: ``None``, or an integer tensor broadcastable to the parameter giving each
             element's feature (then ``len(rates)`` is the number of features it indexes).
         feature_set: Id of the feature set; parameters with equal ids share their rates.
+        rule: What decided the layout: ``"<Type> rule"`` (registered), ``"alrao_feature_lrs"``
+            (fixed rates) or ``"inferred: ..."`` (the fallback of :mod:`.infer`).
     """
 
     name: str
@@ -100,6 +76,7 @@ class FeatureLR:
     rates: Tensor
     index: Tensor | None = None
     feature_set: int = 0
+    rule: str = ""
 
     def broadcast(self, ndim: int) -> Tensor:
         """Rates as a tensor broadcastable to the ``ndim``-dimensional parameter."""
@@ -155,185 +132,45 @@ def log_uniform(
     return torch.exp(lo + (hi - lo) * u).clamp_(lr_min, lr_max).to(dtype)
 
 
-# --- rules -------------------------------------------------------------------------------------
-
-_RULES: dict[type[nn.Module], FeatureRule] = {}
-
-
-def register_feature_rule(module_type: type[nn.Module], rule: FeatureRule) -> None:
-    """Register (or replace) the feature rule of ``module_type`` and its subclasses.
-
-    Example, for a layer scaling each of its ``c`` channels by ``self.gain`` (shape ``[c]``)::
-
-        register_feature_rule(Scale, lambda m: [FeatureSet(m.gain.shape[0], {"gain": 0})])
-    """
-    if not (isinstance(module_type, type) and issubclass(module_type, nn.Module)):
-        raise TypeError(f"module_type must be an nn.Module subclass, but got {module_type!r}.")
-    if not callable(rule):
-        raise TypeError(f"rule must be callable, but got {rule!r}.")
-    _RULES[module_type] = rule
-
-
-def _find_rule(module_type: type[nn.Module]) -> FeatureRule | None:
-    for cls in module_type.__mro__:
-        if cls in _RULES:
-            return _RULES[cls]
-    return None
-
-
-def _present(module: nn.Module, dims: Mapping[str, int]) -> dict[str, int]:
-    return {k: d for k, d in dims.items() if module._parameters.get(k) is not None}
-
-
-def _rows_rule(module: nn.Module) -> list[FeatureSet]:
-    weight = module._parameters.get("weight")
-    if weight is None:
-        return []
-    return [FeatureSet(weight.shape[0], _present(module, {"weight": 0, "bias": 0}))]
-
-
-def _elementwise_rule(module: nn.Module) -> list[FeatureSet]:
-    weight = module._parameters.get("weight")
-    if weight is None:
-        return []
-    dims = _present(module, {"weight": 0, "bias": 0})
-    if weight.dim() == 1:
-        return [FeatureSet(weight.numel(), dims)]
-    index = torch.arange(weight.numel(), device=weight.device).view(weight.shape)
-    return [FeatureSet(weight.numel(), dims, dict.fromkeys(dims, index))]
-
-
-def _embedding_rule(module: nn.Module) -> list[FeatureSet]:
-    return [FeatureSet(module.weight.shape[1], {"weight": 1})]
-
-
-def _conv_transpose_rule(module: nn.Module) -> list[FeatureSet]:
-    weight, groups = module.weight, module.groups
-    per_group = weight.shape[1]
-    dims = _present(module, {"weight": 1, "bias": 0})
-    if groups == 1:
-        return [FeatureSet(per_group, dims)]
-    group_of_row = torch.arange(groups, device=weight.device).repeat_interleave(
-        weight.shape[0] // groups
-    )
-    index = group_of_row[:, None] * per_group + torch.arange(per_group, device=weight.device)
-    index = index.view(*index.shape, *[1] * (weight.dim() - 2))
-    return [FeatureSet(groups * per_group, dims, {"weight": index})]
-
-
-def _gated_units(module: nn.Module, hidden: int, suffix: str = "") -> FeatureSet:
-    names = [f"{k}{suffix}" for k in ("weight_ih", "weight_hh", "bias_ih", "bias_hh")]
-    params = {n: module._parameters[n] for n in names if module._parameters.get(n) is not None}
-    index = {}
-    for name, p in params.items():
-        if p.shape[0] != hidden:  # rows are [gate_0 units, gate_1 units, ...]
-            unit = torch.arange(p.shape[0], device=p.device) % hidden
-            index[name] = unit.view(-1, *[1] * (p.dim() - 1))
-    return FeatureSet(hidden, dict.fromkeys(params, 0), index)
-
-
-def _rnn_rule(module: nn.Module) -> list[FeatureSet]:
-    sets = []
-    for layer in range(module.num_layers):
-        for direction in ("", "_reverse")[: 2 if module.bidirectional else 1]:
-            suffix = f"_l{layer}{direction}"
-            sets.append(_gated_units(module, module.hidden_size, suffix))
-            if module._parameters.get(f"weight_hr{suffix}") is not None:
-                sets.append(FeatureSet(module.proj_size, {f"weight_hr{suffix}": 0}))
-    return sets
-
-
-def _rnn_cell_rule(module: nn.Module) -> list[FeatureSet]:
-    return [_gated_units(module, module.hidden_size)]
-
-
-# parameter -> dim of its features; parameter -> block (q=0, k=1, v=2) of the 3e features
-_ATTENTION_DIMS = {
-    "in_proj_weight": 0,
-    "in_proj_bias": 0,
-    "q_proj_weight": 0,
-    "k_proj_weight": 0,
-    "v_proj_weight": 0,
-    "bias_k": 2,
-    "bias_v": 2,
-}
-_ATTENTION_BLOCKS = {
-    "q_proj_weight": 0,
-    "k_proj_weight": 1,
-    "v_proj_weight": 2,
-    "bias_k": 1,
-    "bias_v": 2,
-}
-
-
-def _attention_rule(module: nn.Module) -> list[FeatureSet]:
-    e = module.embed_dim
-    dims = _present(module, _ATTENTION_DIMS)
-    index = {}
-    for name, block in _ATTENTION_BLOCKS.items():
-        offset = block * e
-        if name in dims:
-            p = module._parameters[name]
-            shape = [1] * p.dim()
-            shape[dims[name]] = e
-            index[name] = torch.arange(offset, offset + e, device=p.device).view(shape)
-    return [FeatureSet(3 * e, dims, index)]
-
-
-_BUILTIN: list[tuple[tuple[type[nn.Module], ...], FeatureRule]] = [
-    ((nn.Linear, nn.Bilinear, nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.PReLU), _rows_rule),
-    ((nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm), _rows_rule),
-    ((nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d, nn.GroupNorm), _rows_rule),
-    ((nn.LayerNorm, nn.RMSNorm), _elementwise_rule),
-    ((nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d), _conv_transpose_rule),
-    ((nn.Embedding, nn.EmbeddingBag), _embedding_rule),
-    ((nn.RNN, nn.GRU, nn.LSTM), _rnn_rule),
-    ((nn.RNNCell, nn.GRUCell, nn.LSTMCell), _rnn_cell_rule),
-    ((nn.MultiheadAttention,), _attention_rule),
-]
-for _types, _rule in _BUILTIN:
-    for _type in _types:
-        register_feature_rule(_type, _rule)
-
-
 # --- layout ------------------------------------------------------------------------------------
 
+_Sets = list[tuple[FeatureSet, Tensor | None, dict[str, str]]]
 
-def _unsupported(path: str, module: nn.Module, names: Sequence[str], why: str) -> Exception:
-    kind = type(module).__name__
-    return UnsupportedLayerError(
-        f"Module '{path or '<root>'}' ({type(module).__qualname__}) owns parameters "
-        f"{list(names)}, but {why}. Register a rule with "
-        f"`alrao_tune.alrao.lr.register_feature_rule({kind}, rule)` (a rule returns "
-        "FeatureSet(n, {param_name: dim}) entries), give the module an "
-        "`alrao_feature_lrs(lr_min, lr_max)` method, or move the parameters into supported "
-        "layers (e.g. an nn.Linear)."
-    )
+
+def _protocol_sets(module: nn.Module, lr_min: float, lr_max: float) -> _Sets:
+    """Sets of a module with ``alrao_feature_lrs``: parameters with equal rates share one."""
+    fixed: list[tuple[dict[str, int], Tensor]] = []
+    for name, (dim, rates) in module.alrao_feature_lrs(lr_min, lr_max).items():
+        rates = rates.detach().to("cpu", torch.float64)
+        same = [d for d, r in fixed if r.shape == rates.shape and torch.equal(r, rates)]
+        if same:
+            same[0][name] = dim
+        else:
+            fixed.append(({name: dim}, rates))
+    return [(FeatureSet(len(r), d), r, dict.fromkeys(d, "alrao_feature_lrs")) for d, r in fixed]
 
 
 def _module_sets(
-    path: str, module: nn.Module, owned: Mapping[str, Tensor], lr_min: float, lr_max: float
-) -> list[tuple[FeatureSet, Tensor | None]]:
-    """Feature sets of one module, with fixed rates (protocol) or ``None`` (to be sampled)."""
-    protocol = getattr(module, "alrao_feature_lrs", None)
-    if callable(protocol):  # fixed rates; parameters with equal rates share one feature set
-        fixed: list[tuple[dict[str, int], Tensor]] = []
-        for name, (dim, rates) in protocol(lr_min, lr_max).items():
-            rates = rates.detach().to("cpu", torch.float64)
-            same = [d for d, r in fixed if r.shape == rates.shape and torch.equal(r, rates)]
-            if same:
-                same[0][name] = dim
-            else:
-                fixed.append(({name: dim}, rates))
-        sets = [(FeatureSet(len(r), dims), r) for dims, r in fixed]
+    path: str, module: nn.Module, owned: Mapping[str, Tensor], done: Mapping[Tensor, object],
+    lr_min: float, lr_max: float, strict: bool,
+) -> _Sets:  # fmt: skip
+    """Feature sets of one module with fixed rates (protocol) or ``None`` (to be sampled), and
+    the rule label of each parameter. Parameters no rule covers are inferred unless ``strict``.
+    """
+    if callable(getattr(module, "alrao_feature_lrs", None)):
+        sets = _protocol_sets(module, lr_min, lr_max)
     else:
-        rule = _find_rule(type(module))
-        if rule is None:
-            raise _unsupported(path, module, list(owned), "Alrao has no feature rule for its type")
-        sets = [(s, None) for s in rule(module)]
-    missing = set(owned) - {n for s, _ in sets for n in s.dims}
+        found = find_rule(type(module))
+        label = f"{found[0].__name__} rule" if found else ""
+        sets = [(s, None, dict.fromkeys(s.dims, label)) for s in found[1](module)] if found else []
+    covered = {n for s, _, _ in sets for n in s.dims}
+    missing = [n for n, p in owned.items() if n not in covered and p not in done]
+    if missing and strict:
+        why = "its feature rule does not cover them" if sets else "Alrao has no feature rule"
+        raise unsupported(path, module, missing, f"{why} for its type (strict=True)")
     if missing:
-        raise _unsupported(path, module, sorted(missing), "its feature rule does not cover them")
+        inferred, labels = infer_feature_sets(path, module, missing)
+        sets += [(s, None, labels) for s in inferred]
     return sets
 
 
@@ -356,6 +193,7 @@ def feature_lrs(
     lr_max: float,
     *,
     generator: torch.Generator | None = None,
+    strict: bool = False,
 ) -> dict[nn.Parameter, FeatureLR]:
     """Draw the Alrao rates of every parameter of ``model``.
 
@@ -369,12 +207,15 @@ def feature_lrs(
         lr_min: Lower end of the interval, > 0.
         lr_max: Upper end, >= lr_min.
         generator: CPU generator for the draws; ``None`` uses torch's global RNG.
+        strict: Raise on parameters no rule covers instead of inferring their channel dim
+            (:mod:`alrao_tune.alrao.infer`).
 
     Returns:
         Parameter -> its :class:`FeatureLR`.
 
     Raises:
-        UnsupportedLayerError: A module owns parameters and no rule covers them.
+        UnsupportedLayerError: ``strict`` and a module owns parameters no rule covers, or the
+            fallback cannot decide a parameter's channel dim.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, but got {type(model).__name__}.")
@@ -391,7 +232,8 @@ def feature_lrs(
                 f"Module '{path}' has uninitialized (lazy) parameters; run one "
                 "forward pass before building the Alrao optimizer."
             )
-        for fset, fixed in _module_sets(path, module, owned, lr_min, lr_max):
+        for fset, fixed, labels in _module_sets(path, module, owned, layout, lr_min, lr_max,
+                                                strict):  # fmt: skip
             rates = fixed
             if rates is None:
                 rates = log_uniform(fset.n, lr_min, lr_max, generator, dtype=torch.float64)
@@ -406,9 +248,8 @@ def feature_lrs(
                 if key not in cast:  # one tensor per device/dtype, shared by the set's members
                     cast[key] = rates.to(device=p.device, dtype=dtype)
                 qualified = f"{path}.{name}" if path else name
-                layout[p] = FeatureLR(
-                    qualified, dim % max(p.dim(), 1), cast[key], fset.index.get(name), n_sets
-                )
+                layout[p] = FeatureLR(qualified, dim % max(p.dim(), 1), cast[key],
+                                      fset.index.get(name), n_sets, labels[name])  # fmt: skip
             n_sets += 1
     return layout
 
@@ -422,3 +263,43 @@ def n_features(layout: Mapping[nn.Parameter, FeatureLR]) -> int:
     """Number of distinct features (parameters sharing a feature set count once)."""
     sizes = {f.feature_set: f.rates.numel() for f in layout.values()}
     return sum(sizes.values())
+
+
+class FeatureRow(NamedTuple):
+    """One row of :func:`describe_features`: how one parameter is split into features."""
+
+    module: str
+    type: str
+    parameter: str
+    shape: tuple[int, ...]
+    rule: str
+    dim: int
+    n_features: int
+
+
+def describe_features(model: nn.Module, *, strict: bool = False) -> list[FeatureRow]:
+    """The feature layout of ``model`` as a table: one row per parameter (tied ones once).
+
+    Each row names the module path and type, the parameter, the rule that decided its layout
+    (``"Linear rule"``, ``"alrao_feature_lrs"``, ``"inferred: vector (dim 2)"``, ...), the dim
+    along which its features vary and their number. Draws no random numbers. Print it with
+    :func:`format_features`.
+
+    Raises:
+        UnsupportedLayerError: as :func:`feature_lrs` (``strict=True``: on any inference).
+    """
+    rows = []
+    for p, f in feature_lrs(model, 1.0, 1.0, strict=strict).items():
+        path, _, name = f.name.rpartition(".")
+        module = model.get_submodule(path)
+        rows.append(FeatureRow(path, type(module).__name__, name, tuple(p.shape), f.rule, f.dim,
+                               f.rates.numel()))  # fmt: skip
+    return rows
+
+
+def format_features(rows: list[FeatureRow]) -> str:
+    """``describe_features`` rows as an aligned text table."""
+    header = FeatureRow._fields
+    cells = [header] + [tuple(str(v) for v in row) for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    return "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in cells)

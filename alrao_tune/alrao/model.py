@@ -19,14 +19,16 @@ where ``sg`` is stop-gradient, so one ``backward`` gives each part exactly its g
 
 from __future__ import annotations
 
-import copy
 import math
-from typing import NamedTuple
+from collections.abc import Mapping
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
+from alrao_tune.alrao.convert import OutputFn, select_features, strip_classifier
 from alrao_tune.alrao.heads import TASKS, AlraoHeads
+from alrao_tune.alrao.loss import fused_heads_loss
 from alrao_tune.alrao.switch import Switch
 
 __all__ = ["AlraoLoss", "AlraoModel"]
@@ -61,13 +63,17 @@ class AlraoModel(nn.Module):
         n_heads: number of heads K.
         task: ``"classification"`` or ``"regression"`` (unit-variance Gaussian heads).
         theta: switch prior parameter in (0, 1).
+        output: optional callable mapping the pre-classifier's raw output to the features;
+            default :func:`~alrao_tune.alrao.convert.select_features` (a tensor, ``.logits``
+            of a ``ModelOutput`` or dict, or the first element of a tuple).
+
+    Inputs: ``x`` is passed to the pre-classifier as is, or as keyword arguments when it is
+    a mapping (``{"input_ids": ..., "attention_mask": ...}`` for Hugging Face models).
 
     NaN safety: a head whose batch loss is not finite gets zero weight in the averaged
-    model for that batch (the posterior is renormalised over the finite heads, and its
-    parameters are replaced by zeros in the pre-classifier's path so that no NaN reaches
-    the pre-classifier's gradient); the switch then drops its posterior to ~0. Only that
-    head's own gradient may be NaN. Clip gradients per parameter group, not globally,
-    if you clip.
+    model for that batch (the posterior is renormalised over the finite heads) and no
+    gradient at all, so no NaN reaches the pre-classifier's gradient; the switch then
+    drops its posterior to ~0.
     """
 
     def __init__(
@@ -78,6 +84,7 @@ class AlraoModel(nn.Module):
         n_heads: int = 10,
         task: str = "classification",
         theta: float = 0.999,
+        output: OutputFn | None = None,
     ) -> None:
         super().__init__()
         if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
@@ -86,6 +93,8 @@ class AlraoModel(nn.Module):
             raise ValueError(f"task must be one of {TASKS}, but got {task=}.")
         self.task = task
         self.preclassifier = preclassifier
+        self.output = output
+        self.replaced: str | None = None  # set by from_model: the classifier it replaced
         param = next(preclassifier.parameters(), None)
         factory = {} if param is None else {"device": param.device, "dtype": param.dtype}
         self.heads = AlraoHeads(in_features, n_classes, n_heads, task, **factory)
@@ -113,8 +122,13 @@ class AlraoModel(nn.Module):
         ``sum_k post_k mu_k``. Heads with non-finite outputs on an example are left out
         of that example's average (posterior renormalised over the others).
         """
-        head_out = self.heads(self.preclassifier(x))
+        head_out = self.heads(self.features(x))
         return self._average(head_out, self.switch.log_posterior)
+
+    def features(self, x: Any) -> Tensor:
+        """The pre-classifier's features [..., D] of input ``x`` (a tensor or a mapping)."""
+        out = self.preclassifier(**x) if isinstance(x, Mapping) else self.preclassifier(x)
+        return select_features(out) if self.output is None else self.output(out)
 
     def training_loss(self, x: Tensor, y: Tensor, *, with_output: bool = True) -> AlraoLoss:
         """Loss of one training step; advances the switch by one step.
@@ -134,39 +148,27 @@ class AlraoModel(nn.Module):
         Returns:
             :class:`AlraoLoss`.
         """
-        feats = self.preclassifier(x)
+        feats = self.features(x)
         lead = feats.shape[:-1]
         flat = feats.reshape(-1, feats.shape[-1])
         target = y.reshape(flat.shape[0], *y.shape[len(lead) :])
-        heads = self.heads
-        # One matmul; `own` routes gradients to the heads only, `mix` to the features only.
-        own_out, mix_out = heads.routed(flat)  # [N, K, C] each
-        # (b) each head: the gradient of its own mean NLL only.
-        head_nll = heads.nll(own_out, target).mean(0)  # [K]
-        bad = ~torch.isfinite(head_nll)
-        head_loss = head_nll.masked_fill(bad, 0.0).sum()
-        # (a) the averaged model, bad heads left out (weight 0, no gradient).
-        logpost = self._finite_heads_posterior(bad, mix_out.dtype)
-        mix_nll = heads.nll(mix_out, target).masked_fill(bad, 0.0)
-        mix_loss = -torch.logsumexp(logpost - mix_nll, dim=-1).mean()
-        # (c) advance the switch with the pre-update per-head losses.
-        self.switch.update(head_nll.detach())
+        heads, classification = self.heads, self.task == "classification"
+        # One autograd node: the heads learn from their own losses, the features from the
+        # averaged model's, with the posterior from before this batch (see loss.py).
+        res = fused_heads_loss(flat, heads.weight, heads.bias, target, self.switch.log_posterior,
+                               classification)  # fmt: skip
+        # Advance the switch with the pre-update per-head losses.
+        self.switch.update(res.head_nll)
         output = None
         if with_output:
             with torch.no_grad():
-                output = self._average(mix_out, logpost).reshape(*lead, -1)
-        return AlraoLoss(mix_loss + head_loss, mix_loss.detach(), head_nll.detach(), output)
+                output = self._average(res.head_out, res.log_post).reshape(*lead, -1)
+        return AlraoLoss(res.loss, res.model_loss, res.head_nll, output)
 
-    def _finite_heads_posterior(self, bad: Tensor, dtype: torch.dtype) -> Tensor:
-        """Current log posterior with the ``bad`` heads removed and renormalised.
-
-        If every head is bad the plain posterior is returned (the zeroed heads then
-        give a constant prediction and the pre-classifier gets no gradient).
-        """
-        logpost = self.switch.log_posterior.to(dtype)
-        masked = logpost.masked_fill(bad, -math.inf)
-        norm = torch.logsumexp(masked, dim=0)
-        return torch.where(torch.isfinite(norm), masked - norm, logpost)
+    def average(self, head_out: Tensor) -> Tensor:
+        """The switch-averaged prediction from the heads' outputs ``[..., K, C]`` (what
+        :meth:`forward` returns from the same features), non-finite heads left out."""
+        return self._average(head_out, self.switch.log_posterior)
 
     def _average(self, head_out: Tensor, logpost: Tensor) -> Tensor:
         """Average head predictions [..., K, C] with log weights [K], per example skipping
@@ -189,15 +191,18 @@ class AlraoModel(nn.Module):
         task: str = "classification",
         theta: float = 0.999,
         classifier: str | None = None,
+        output: OutputFn | None = None,
     ) -> AlraoModel:
-        """Turn a model whose last layer is an ``nn.Linear`` into an :class:`AlraoModel`.
+        """Turn a model whose forward ends with an ``nn.Linear`` into an :class:`AlraoModel`.
 
         The model is deep-copied (the original is untouched); in the copy, the
         classifier submodule is replaced by ``nn.Identity`` and the copy becomes the
         pre-classifier. The K heads take the classifier's ``in_features`` /
         ``out_features``, device and dtype and are initialised from scratch, each like a
         fresh ``nn.Linear`` (the original classifier's weights are not reused: Alrao's
-        heads start independent).
+        heads start independent). ``replaced`` holds the classifier's path (also logged at
+        INFO level on the ``alrao_tune.alrao`` logger). Works for models returning a tensor,
+        a Hugging Face ``ModelOutput``, a dict or a tuple (see :mod:`.convert`).
 
         Args:
             model: the network; its ``forward`` must end with the classifier.
@@ -205,44 +210,22 @@ class AlraoModel(nn.Module):
             task: ``"classification"`` or ``"regression"``.
             theta: switch prior parameter.
             classifier: dotted path of the final ``nn.Linear`` (e.g. ``"fc"``,
-                ``"head.2"``); default: the last ``nn.Linear`` in ``named_modules()``.
+                ``"head.2"``), or of a container ending with it; default: the common
+                attribute names (``classifier``, ``score``, ``head``, ``fc``, ...), then the
+                last ``nn.Linear`` in ``named_modules()``.
+            output: optional callable picking the features out of the model's output.
 
         Raises:
             ValueError: no ``nn.Linear`` is found, or ``classifier`` names a module that
-                does not exist or is not an ``nn.Linear``.
+                does not exist or holds no ``nn.Linear``.
         """
-        body = copy.deepcopy(model)
-        name, linear = _find_classifier(body, classifier)
-        if name == "":
-            body = nn.Identity()
-        else:
-            parent_name, _, child = name.rpartition(".")
-            setattr(body.get_submodule(parent_name), child, nn.Identity())
-        alrao = cls(body, linear.in_features, linear.out_features, n_heads, task, theta)
+        body, name, linear = strip_classifier(model, classifier)
+        alrao = cls(body, linear.in_features, linear.out_features, n_heads, task, theta, output)
         factory = {"device": linear.weight.device, "dtype": linear.weight.dtype}
         alrao.heads.to(**factory)
         alrao.switch.to(device=factory["device"])
+        alrao.replaced = name
         return alrao
 
-
-def _find_classifier(model: nn.Module, classifier: str | None) -> tuple[str, nn.Linear]:
-    """The (dotted name, module) of the classifier ``nn.Linear`` of ``model``."""
-    if classifier is None:
-        found = [(n, m) for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-        if not found:
-            raise ValueError(
-                f"from_model needs a final nn.Linear, but {type(model).__name__} has none; "
-                "build AlraoModel(preclassifier, in_features, n_classes) directly."
-            )
-        return found[-1]
-    try:
-        module = model.get_submodule(classifier)
-    except AttributeError as err:
-        raise ValueError(
-            f"classifier={classifier!r} is not a submodule of {type(model).__name__}."
-        ) from err
-    if not isinstance(module, nn.Linear):
-        raise ValueError(
-            f"classifier={classifier!r} must be an nn.Linear, but is {type(module).__name__}."
-        )
-    return classifier, module
+    def extra_repr(self) -> str:
+        return f"task={self.task!r}" + (f", replaced={self.replaced!r}" if self.replaced else "")

@@ -32,7 +32,8 @@ for observation t + 1.
 
 Implementation: the state is kept in log space; each update takes one softmax of
 ``log w + log p_k(x_t)`` over the 2K states (the log-sum-exp shift), applies the linear
-switching step as one ``addmm`` with a precomputed [2K, 2K] matrix, and takes the log.
+switching step with a precomputed [2K, 2K] matrix (a broadcast product and a sum rather than a
+matmul, which autocast would run in bf16), and takes the log.
 Terms more than ~87 nats (float32) below the largest are flushed to 0 by the softmax;
 this is below float32 resolution of the result, because every entry also receives a
 share of the switching pool, roughly pi_t^2 (1 - theta) / K of the total or more (far
@@ -45,8 +46,6 @@ from __future__ import annotations
 import math
 import statistics
 import time
-from collections.abc import Mapping
-from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -121,9 +120,6 @@ class Switch(nn.Module):
         self.register_buffer(
             "_transition", transition.to(device=device, dtype=dtype), persistent=False
         )
-        # Host mirror of `t` (refreshed on load) so pi_t needs no device read; a list so
-        # that advancing it skips nn.Module.__setattr__.
-        self._host_t = [1]
 
     @property
     def log_posterior(self) -> Tensor:
@@ -138,10 +134,12 @@ class Switch(nn.Module):
     def update(self, nll: Tensor) -> None:
         """Condition on one observation (a mini-batch) and advance one step.
 
-        About ten small kernels and never a device read: the switching rate
-        pi_t = 1 / (t + 1) comes from a host mirror of the step counter. The mixing
-        step is done on exp(log w - max) (the log-sum-exp shift, here a softmax over
-        the 2K states); it conserves total mass, so no separate normalisation is needed.
+        About ten small kernels, no device read and no Python number that changes per step
+        (so ``torch.compile`` traces it once): the switching rate pi_t = 1 / (t + 1) is
+        computed from the step-counter buffer on the device. The mixing step is done on
+        exp(log w - max) (the log-sum-exp shift, here a softmax over the 2K states); it
+        conserves total mass, so no separate normalisation is needed. Under autocast the
+        arithmetic stays in the buffers' dtype (no matmul, which autocast would downcast).
 
         Args:
             nll: shape [K], each expert's negative log-likelihood of the new
@@ -152,23 +150,14 @@ class Switch(nn.Module):
         clean = torch.nan_to_num(nll.detach(), nan=math.inf, posinf=math.inf, neginf=math.inf)
         # p = w * p_k(x_t), normalised: one softmax over the 2K states does the
         # log-sum-exp shift. It is NaN everywhere iff every likelihood is 0.
-        p = torch.softmax((logw - clean).view(1, -1), dim=1)
-        # Switching is linear and keeps the total mass (the restart law sums to 1).
-        new = torch.addmm(p, p, self._transition, alpha=self._pi())
+        p = torch.softmax((logw - clean.to(logw.dtype)).view(-1, 1), dim=0)
+        # Switching is linear and keeps the total mass: w <- w + pi_t * (w @ B), written as
+        # a broadcast product and a sum over the 2K x 2K matrix B (tiny; no autocast).
+        pi = self.t.add(1).to(logw.dtype).reciprocal()
+        new = torch.addcmul(p.view(-1), (p * self._transition).sum(0), pi)
         new_logw = new.log_().view_as(logw)
-        torch.where(new_logw.isnan(), logw, new_logw, out=logw)  # elementwise, in place
+        logw.copy_(torch.where(new_logw.isnan(), logw, new_logw))  # elementwise, in place
         self.t.add_(1)
-        self._host_t[0] += 1
-
-    def _pi(self) -> float:
-        """pi_t = pi_T(Z = t | Z >= t) = 1 / (t + 1), the switching prior of Algorithm 1."""
-        return 1.0 / (self._host_t[0] + 1)
-
-    def _load_from_state_dict(
-        self, state_dict: Mapping[str, Any], prefix: str, *args: Any, **kwargs: Any
-    ) -> None:
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._host_t = [int(self.t)]  # a host read once per load, never per update
 
     def forward(self, head_log_probs: Tensor, dim: int = -2) -> Tensor:
         """Switch-averaged log-probabilities ``log sum_k posterior_k * p_k``.

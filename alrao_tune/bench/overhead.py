@@ -5,6 +5,9 @@ plain ``torch.optim.SGD`` vs Alrao (K heads, AlraoSGD) on the same architecture,
 interleaved step by step in one run so machine noise hits both alike; medians of many
 steps. Models: "cnn" (conv32-BN-ReLU-maxpool, conv64-BN-ReLU-maxpool, conv128-BN-ReLU,
 global average pool, 10 classes, input 3x32x32) and "mlp" (784-512-512-10), batch 32.
+Both steps go through the training loop's :func:`~alrao_tune.train.step.make_step`; with
+``compile`` both are compiled (``torch.compile`` of the loss and of the optimizer step), so
+the ratio compares compiled Alrao with compiled SGD.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from torch import nn
 
 from alrao_tune.alrao import AlraoModel, AlraoSGD
 from alrao_tune.alrao.switch import Switch
+from alrao_tune.train.step import make_step
 
 
 def _cnn_body() -> tuple[nn.Module, int, tuple[int, ...]]:
@@ -46,32 +50,35 @@ def _median_ms(samples: list[float]) -> float:
 
 
 def step_overhead(name: str, *, batch: int = 32, steps: int = 200, warmup: int = 20,
-                  n_heads: int = 10, seed: int = 0) -> dict[str, float]:
-    """Median step time of SGD and Alrao on model ``name``, interleaved; and their ratio."""
+                  n_heads: int = 10, seed: int = 0, compile: bool = False) -> dict[str, float]:
+    """Median step time of SGD and Alrao on model ``name``, interleaved; and their ratio.
+
+    With ``compile`` the warm-up steps include the compilation (not timed).
+    """
     torch.manual_seed(seed)
     body, width, in_shape = MODELS[name]()
     plain = nn.Sequential(copy.deepcopy(body), nn.Linear(width, 10))
-    sgd = torch.optim.SGD(plain.parameters(), lr=0.01)
     alrao = AlraoModel(copy.deepcopy(body), width, 10, n_heads=n_heads)
-    aopt = AlraoSGD(alrao, 1e-5, 10.0, seed=seed)
     x = torch.randn(batch, *in_shape)
     y = torch.randint(0, 10, (batch,))
 
-    def sgd_step() -> None:
-        sgd.zero_grad(set_to_none=True)
-        F.cross_entropy(plain(x), y).backward()
-        sgd.step()
+    def plain_loss(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        loss = F.cross_entropy(plain(xb), yb)
+        return loss, loss.detach()
 
-    def alrao_step() -> None:
-        aopt.zero_grad(set_to_none=True)
-        alrao.training_loss(x, y, with_output=False).loss.backward()
-        aopt.step()
+    def alrao_loss(xb: torch.Tensor, yb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        out = alrao.training_loss(xb, yb, with_output=False)
+        return out.loss, out.model_loss
 
+    fns = {"sgd": make_step(plain_loss, torch.optim.SGD(plain.parameters(), lr=0.01),
+                            compile=compile),
+           "alrao": make_step(alrao_loss, AlraoSGD(alrao, 1e-5, 10.0, seed=seed),
+                              compile=compile)}  # fmt: skip
     times: dict[str, list[float]] = {"sgd": [], "alrao": []}
     for i in range(warmup + steps):
-        for key, fn in (("sgd", sgd_step), ("alrao", alrao_step)):
+        for key, fn in fns.items():
             t0 = time.perf_counter()
-            fn()
+            fn(x, y)
             if i >= warmup:
                 times[key].append(time.perf_counter() - t0)
     sgd_ms, alrao_ms = _median_ms(times["sgd"]), _median_ms(times["alrao"])
@@ -100,9 +107,14 @@ def optimizer_state_numel(name: str = "mlp") -> dict[str, int]:
     return {"state_numel": state, "param_numel": sum(p.numel() for p in model.parameters())}
 
 
-def overhead(steps: int = 200) -> dict[str, dict[str, float]]:
-    """The ``bench overhead`` figures for both models plus the switch update time."""
+def overhead(steps: int = 200, *, compile: bool = False) -> dict[str, dict[str, float]]:
+    """The ``bench overhead`` figures: eager step ratios for both models, the switch update
+    time, the optimizer state size, and with ``compile`` the compiled ratios
+    (``"<model>_compiled"``)."""
     out: dict[str, dict[str, float]] = {name: step_overhead(name, steps=steps) for name in MODELS}
+    if compile:
+        for name in MODELS:
+            out[f"{name}_compiled"] = step_overhead(name, steps=steps, compile=True)
     out["switch"] = {"update_us": switch_update_us()}
     out["state"] = {k: float(v) for k, v in optimizer_state_numel().items()}
     return out
@@ -133,7 +145,7 @@ def loop_overhead(epochs: int = 3, method: str = "alrao") -> dict[str, float]:
         bare.model.train()
         for xb, yb in iterate_batches(data.x_train, data.y_train, cfg.batch_size,
                                       shuffle=True, generator=gen):
-            bare._step(xb, yb)
+            bare.train_step(xb, yb)
         totals["bare"] += time.perf_counter() - t0
         rec = trainer.train_epoch()
         totals["train"] += rec["train_time_s"]

@@ -3,7 +3,7 @@
 ONE Ray Tune experiment (the screening's own trainable, runner and MLflow callback) of
 ``n_trials`` tiny Alrao trials (blobs, a one-layer MLP, 2 epochs, a switch posterior
 logged at every step), where a random ``failure_rate`` share of the trials gets a
-test-only fault (see ``alrao_tune.tune.trainable.FAULT_KEY``), half ``crash_once`` (the
+fault (see :mod:`alrao_tune.bench.faults`, injected by the trainable), half ``crash_once`` (the
 worker process dies at epoch 2, Tune retries the trial from its epoch-1 checkpoint) and
 half ``raise`` (the trial fails for good). Then it checks that nothing was lost: one
 MLflow run per trial, none RUNNING, every run holding each reported value exactly once
@@ -13,6 +13,7 @@ to what the driver-side callback accepted), retried == crashes and failed == rai
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import tempfile
@@ -25,10 +26,12 @@ EPOCHS, N_TRAIN, BATCH, HEADS = 2, 256, 32, 3
 STEPS_PER_EPOCH = math.ceil(N_TRAIN / BATCH)
 EXPERIMENT = "alrao-tune soak"
 
+log = logging.getLogger(__name__)
+
 
 def soak(n_trials: int = 50, failure_rate: float = 0.2, seed: int = 0,
          tracking_uri: str | None = None, storage: str | Path | None = None,
-         progress: Callable[[str], None] | None = print) -> dict[str, Any]:
+         progress: Callable[[str], None] | None = None) -> dict[str, Any]:
     """Runs the soak (see the module docstring) and returns its figures and checks.
 
     Args:
@@ -37,7 +40,7 @@ def soak(n_trials: int = 50, failure_rate: float = 0.2, seed: int = 0,
         seed: seeds the fault plan (trial ``i`` trains with seed ``i``).
         tracking_uri: MLflow store (default: a fresh SQLite file in a temporary folder).
         storage: Tune storage folder (default: that temporary folder).
-        progress: where progress lines go (None: quiet).
+        progress: where progress lines go (default: this module's logger, at INFO).
 
     Returns:
         ``trials, completed, retried`` (completed after a retry), ``retries`` (all, also of
@@ -50,34 +53,22 @@ def soak(n_trials: int = 50, failure_rate: float = 0.2, seed: int = 0,
 
     from alrao_tune import tracking
     from alrao_tune.tracking.callback import MLflowTrialCallback
-    from alrao_tune.tune.runner import TuneJob, run_job, trials_frame
-    from alrao_tune.tune.session import ray_session
-    from alrao_tune.tune.trainable import FAULT_KEY, trial_config
+    from alrao_tune.tune.runner import TuneJob
+    from alrao_tune.tune.trainable import trial_config
 
     if n_trials < 1 or not 0 <= failure_rate <= 1:
         from alrao_tune.train.config import ConfigError
 
         raise ConfigError(f"soak: need --trials >= 1 and 0 <= --failure-rate <= 1, got "
                           f"{n_trials} and {failure_rate}.")
-    say = progress or (lambda _msg: None)
+    say = progress or log.info
     work = Path(tempfile.mkdtemp(prefix="alrao-soak-"))
     storage = Path(storage or work).expanduser().resolve()
     uri = tracking_uri or f"sqlite:///{work}/mlflow.db"
     markers = storage / "soak-markers"
     markers.mkdir(parents=True, exist_ok=True)
 
-    rng = random.Random(seed)
-    trials, injected = [], {"crash_once": 0, "raise": 0}
-    for i in range(n_trials):
-        config: dict[str, Any] = {"stage": "soak", "arch_name": f"soak-{i:03d}",
-                                  "train": _train_config(i)}
-        if rng.random() < failure_rate:
-            kind = rng.choice(("crash_once", "raise"))
-            injected[kind] += 1
-            config[FAULT_KEY] = f"crash_once:{markers / f'{i:03d}'}" if kind == "crash_once" \
-                else "raise"
-        trials.append(config)
-
+    trials, faults, injected = _plan(n_trials, failure_rate, seed, markers)
     experiment_id = tracking.prepare_store(uri, EXPERIMENT)
     tree = tracking.RunTree(uri, experiment_id)
     parent = tree.start(f"soak n={n_trials} rate={failure_rate} seed={seed}",
@@ -91,33 +82,67 @@ def soak(n_trials: int = 50, failure_rate: float = 0.2, seed: int = 0,
                   callbacks=[callback])
     say(f"soak: {n_trials} trials, {injected['crash_once']} crash once, {injected['raise']} "
         f"raise; MLflow {uri}, storage {storage}")
+    out = _run_and_audit(tree, parent, job, callback, faults)
+    out.update(injected=injected, tracking_uri=uri, storage=str(storage))
+    out["ok"] = _all_checks_pass(out, n_trials)
+    tree.log_metrics(parent, {k: v for k, v in out.items()
+                              if isinstance(v, (int, float)) and not isinstance(v, bool)})
+    tree.end(parent, "FINISHED")
+    say(format_soak(out))
+    return out
+
+
+def _run_and_audit(tree: Any, parent: str, job: Any, callback: Any,
+                   faults: dict[str, str]) -> dict[str, Any]:
+    """Runs the experiment with the faulty trainable, then audits MLflow (the parent run
+    ends FAILED if either fails)."""
+    from alrao_tune.bench.faults import faulty_trainable
+    from alrao_tune.tune.runner import run_job, trials_frame
+    from alrao_tune.tune.session import ray_session
+
     t0 = time.perf_counter()
-    status = "FAILED"
     try:
         with ray_session():
-            grid = run_job(job)
+            grid = run_job(job, trainable=faulty_trainable(faults))
         callback.close()
         wall = time.perf_counter() - t0
         frame = trials_frame(grid, callback.run_ids)
         out = _audit(tree, parent, frame, callback.stats["values"])
-        out.update(
-            trials=len(frame), completed=int((frame["status"] != "error").sum()),
-            failed=int((frame["status"] == "error").sum()), injected=injected,
-            wall_s=wall, trials_per_min=60 * len(frame) / wall if wall else math.nan,
-            tracking_uri=uri, storage=str(storage))
-        out["ok"] = bool(
-            out["trials"] == n_trials and out["mlflow_runs"] == n_trials
-            and not out["running_runs"] and not out["duplicate_runs"] and not out["bad_runs"]
-            and out["values_in_mlflow"] == out["values_reported"]
-            and out["retried"] == injected["crash_once"] and out["failed"] == injected["raise"])
-        tree.log_metrics(parent, {k: v for k, v in out.items()
-                                  if isinstance(v, (int, float)) and not isinstance(v, bool)})
-        status = "FINISHED"
-    finally:
+    except BaseException:
         callback.close()
-        tree.end(parent, status)
-    say(format_soak(out))
+        tree.end(parent, "FAILED")
+        raise
+    out.update(trials=len(frame), completed=int((frame["status"] != "error").sum()),
+               failed=int((frame["status"] == "error").sum()), wall_s=wall,
+               trials_per_min=60 * len(frame) / wall if wall else math.nan)
     return out
+
+
+def _plan(n_trials: int, failure_rate: float, seed: int, markers: Path
+          ) -> tuple[list[dict[str, Any]], dict[str, str], dict[str, int]]:
+    """The trial configs, the faults by architecture name (see
+    :mod:`alrao_tune.bench.faults`) and how many of each kind."""
+    rng = random.Random(seed)
+    trials, faults, injected = [], {}, {"crash_once": 0, "raise": 0}
+    for i in range(n_trials):
+        name = f"soak-{i:03d}"
+        trials.append({"stage": "soak", "arch_name": name, "train": _train_config(i)})
+        if rng.random() < failure_rate:
+            kind = rng.choice(("crash_once", "raise"))
+            injected[kind] += 1
+            faults[name] = f"crash_once:{markers / f'{i:03d}'}" if kind == "crash_once" \
+                else "raise"
+    return trials, faults, injected
+
+
+def _all_checks_pass(out: dict[str, Any], n_trials: int) -> bool:
+    """Nothing lost or duplicated, every crash retried, every raise failed."""
+    injected = out["injected"]
+    return bool(
+        out["trials"] == n_trials and out["mlflow_runs"] == n_trials
+        and not out["running_runs"] and not out["duplicate_runs"] and not out["bad_runs"]
+        and out["values_in_mlflow"] == out["values_reported"]
+        and out["retried"] == injected["crash_once"] and out["failed"] == injected["raise"])
 
 
 def _train_config(seed: int) -> dict[str, Any]:

@@ -7,7 +7,7 @@ Starts two servers, each in its own process group, and waits until both answer:
   -w 1``: 2 processes instead of 15), polled on ``/health``; skipped with ``--no-mlflow``
   or when the tracking URI already is an MLflow server (``http(s)://``), which then is the
   UI the dashboard links to;
-- ``streamlit run dashboards/app.py --server.address H --server.port P
+- ``streamlit run <package>/dashboard/app.py --server.address H --server.port P
   --server.headless true``, polled on ``/_stcore/health``; it gets the tracking URI and
   the UI address in ``ALRAO_TUNE_TRACKING_URI`` and ``ALRAO_TUNE_MLFLOW_UI``.
 
@@ -15,15 +15,15 @@ Both bind 127.0.0.1 unless ``--host`` says otherwise. Ctrl-C or SIGTERM stops bo
 SIGTERM to each process group, a wait, SIGKILL after ``STOP_TIMEOUT_S``. Their output
 goes to log files in a temporary folder (printed; its tail is shown when a server fails).
 
-The dashboard's source of truth is ``dashboards/app.py`` at the repository root, found
-as ``Path(__file__).resolve().parents[1] / "dashboards" / "app.py"``: that is where it is
-for the supported install, ``pip install -e ".[dashboard]"`` from a clone. Another copy
-can be given with ``--app``.
+The dashboard is :mod:`alrao_tune.dashboard.app`, next to this module: it comes with any
+install, a wheel included (Streamlit is the ``dashboard`` extra:
+``pip install "alrao_tune[dashboard]"``). Another script can be given with ``--app``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import os
 import signal
 import socket
@@ -41,7 +41,7 @@ from typing import Any
 from alrao_tune import tracking
 from alrao_tune.errors import EXIT_USAGE, AlraoTuneError
 
-APP = Path(__file__).resolve().parents[2] / "dashboards" / "app.py"
+APP = Path(__file__).resolve().with_name("app.py")
 STOP_TIMEOUT_S = 10.0
 
 
@@ -186,8 +186,11 @@ def _resolve(args: argparse.Namespace) -> tuple[str, str | None]:
                           "screen SPACE.yaml` there first, or pass the URI of your store.")
         uri = f"sqlite:///{db}"
     if not args.app.is_file():
-        raise UIError(f"--app {args.app}: no such file; the dashboard lives in "
-                      "dashboards/app.py of the repository (install with pip install -e .).")
+        raise UIError(f"--app {args.app}: no such file; leave out --app to serve the "
+                      f"dashboard that comes with alrao_tune ({APP}).")
+    if importlib.util.find_spec("streamlit") is None:
+        raise UIError("the dashboard needs Streamlit: pip install 'alrao_tune[dashboard]' "
+                      "(or pip install streamlit).")
     if uri.startswith(("http://", "https://")):
         return uri, uri.rstrip("/")
     if args.no_mlflow:
@@ -203,8 +206,8 @@ def serve(args: argparse.Namespace) -> list[Server]:
     if start_mlflow:
         _check_port_free(args.host, args.mlflow_port, "--mlflow-port")
     log_dir = Path(tempfile.mkdtemp(prefix="alrao-tune-ui-"))
-    env = {**os.environ, "ALRAO_TUNE_TRACKING_URI": uri, "ALRAO_TUNE_MLFLOW_UI": ui or "",
-           "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
+    env = {**tracking.MLFLOW_ENV_DEFAULTS, **os.environ, "ALRAO_TUNE_TRACKING_URI": uri,
+           "ALRAO_TUNE_MLFLOW_UI": ui or "", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     here = _reachable_host(args.host)
     servers: list[Server] = []
     try:

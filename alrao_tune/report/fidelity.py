@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from alrao_tune.report.ranking import (
-    _align,
-    _badness,
-    _check_mode,
+    align_labels,
+    badness,
+    check_mode,
     kendall_tau,
     regret,
     seed_average,
@@ -119,8 +119,8 @@ def bootstrap_ci(
     Returns:
         ``(point, low, high)``; the point estimate uses all seeds.
     """
-    truth = _badness(truth_table, mode)
-    proxy = _badness(_align(truth.index, proxy_table, "proxy_table"), mode)
+    truth = badness(truth_table, mode)
+    proxy = badness(align_labels(truth.index, proxy_table, "proxy_table"), mode)
     point = stat(proxy.mean(axis=1), truth.mean(axis=1))
     index = pd.RangeIndex(len(truth)) if min(proxy.shape[1], truth.shape[1]) < 2 else truth.index
     draws = np.array([stat(pd.Series(a, index=index), pd.Series(b, index=index))
@@ -164,7 +164,7 @@ def noise_ceiling(truth_table: pd.DataFrame, *, mode: str = "min") -> dict[str, 
         ``n_seeds, n_pairs, tau_mean, tau_min, tau_max, n_splits, split_half_tau`` (taus are
         NaN with fewer than 2 seeds).
     """
-    bad = _badness(truth_table, mode)
+    bad = badness(truth_table, mode)
     n = bad.shape[1]
     pairs = itertools.combinations(range(n), 2)
     taus = [kendall_tau(bad.iloc[:, i], bad.iloc[:, j]) for i, j in pairs]
@@ -230,17 +230,17 @@ def fidelity(
     """
     if k < 1:
         raise ValueError(f"k must be >= 1, but got {k=}.")
-    _check_mode(metric_mode, "metric_mode")
-    truth = _badness(truth_table, mode)
+    check_mode(metric_mode, "metric_mode")
+    truth = badness(truth_table, mode)
     if len(truth) == 0:
         raise ValueError("fidelity: truth_table has no architectures.")
     metric = None
     if truth_metric_table is not None:
-        aligned = _align(truth.index, truth_metric_table, "truth_metric_table")
+        aligned = align_labels(truth.index, truth_metric_table, "truth_metric_table")
         metric = seed_average(aligned, metric_mode)
     rows = []
     for name, table in proxy_tables.items():
-        proxy = _badness(_align(truth.index, table, f"proxy_tables[{name!r}]"), mode)
+        proxy = badness(align_labels(truth.index, table, f"proxy_tables[{name!r}]"), mode)
         row = _fidelity_row(proxy, truth, metric, metric_mode, k, n_boot, seed)
         rows.append({"proxy": name, **row})
     frame = pd.DataFrame(rows, columns=list(FIDELITY_COLUMNS))

@@ -1,10 +1,12 @@
 """Figures: a pure ``*_info`` function computes each figure's data (tested by equality),
 a thin function draws it (matplotlib, headless).
 
-The inputs are tables from ``alrao_tune.report.screening`` or ``alrao_tune.report.compare``.
-Readable whatever the data: the proxy-vs-truth scatter is drawn rank against rank (one
-architecture far off cannot squash the others into a corner; one row per rank, so labels
-cannot overlap), compute is on a logarithmic axis.
+The inputs are tables from :mod:`alrao_tune.report.screening` or
+:mod:`alrao_tune.report.compare`. Readable whatever the data: the proxy-vs-truth scatter is
+drawn rank against rank (one architecture far off cannot squash the others into a corner;
+one row per rank, so labels cannot overlap), compute is on a logarithmic axis. Figures are
+made without pyplot (``matplotlib.figure.Figure``): no backend is switched and no figure is
+left open in the caller's process.
 """
 
 from __future__ import annotations
@@ -16,13 +18,10 @@ import numpy as np
 import pandas as pd
 
 
-def _plt():
-    import matplotlib
+def _figure(**kwargs: Any) -> Any:
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+    return Figure(**kwargs)
 
 
 def scatter_info(data: pd.DataFrame) -> pd.DataFrame:
@@ -45,10 +44,10 @@ def scatter_info(data: pd.DataFrame) -> pd.DataFrame:
 def scatter(data: pd.DataFrame, path: Path, fidelity: pd.DataFrame | None = None) -> Path:
     """Proxy rank against truth rank per architecture (``report_compare.scatter_data``):
     on the diagonal the proxy ranks like the truth."""
-    plt = _plt()
     info = scatter_info(data)
     n = max(len(info), 1)
-    fig, ax = plt.subplots(figsize=(6.5, max(3.0, 0.32 * n + 1.2)), dpi=110)
+    fig = _figure(figsize=(6.5, max(3.0, 0.32 * n + 1.2)), dpi=110)
+    ax = fig.subplots()
     ax.plot([1, n], [1, n], color="0.7", lw=1, ls="--", zorder=0)
     ok = info[info["finite"]]
     ax.scatter(ok["truth_rank"], ok["proxy_rank"], s=22)
@@ -68,7 +67,7 @@ def scatter(data: pd.DataFrame, path: Path, fidelity: pd.DataFrame | None = None
         row = fidelity[fidelity["proxy"] == "alrao"].iloc[0]
         ax.set_title(f"Alrao proxy vs grid: Kendall τ = {row['tau_avg']:.2f}, "
                      f"Spearman ρ = {row['rho_avg']:.2f}", fontsize=9)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def compute_info(costs: pd.DataFrame) -> pd.DataFrame:
@@ -81,9 +80,9 @@ def compute_info(costs: pd.DataFrame) -> pd.DataFrame:
 
 def compute(costs: pd.DataFrame, path: Path) -> Path:
     """Trial-seconds per proxy and of the full grid, on a logarithmic axis."""
-    plt = _plt()
     info = compute_info(costs)
-    fig, ax = plt.subplots(figsize=(6, max(2.5, 0.3 * len(info) + 1)), dpi=110)
+    fig = _figure(figsize=(6, max(2.5, 0.3 * len(info) + 1)), dpi=110)
+    ax = fig.subplots()
     ax.barh(info["proxy"], info["trial_seconds"], color="C0")
     for y, row in enumerate(info.itertuples()):
         ax.annotate(f"{100 * row.share_of_grid:.0f} % of the grid", (row.trial_seconds, y),
@@ -91,13 +90,13 @@ def compute(costs: pd.DataFrame, path: Path) -> Path:
     ax.set_xscale("log")
     ax.set_xlabel("trial-seconds (log scale)")
     ax.margins(x=0.3)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def posterior_evolution(series: pd.DataFrame, path: Path, title: str = "") -> Path:
     """Switch posterior per head over steps: a long table ``step, head, lr, posterior``."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    fig = _figure(figsize=(6, 3.5), dpi=110)
+    ax = fig.subplots()
     for (head, lr), group in series.groupby(["head", "lr"], sort=True):
         ax.plot(group["step"], group["posterior"], label=f"head {head} (lr {lr:.1e})", lw=1.2)
     ax.set_xlabel("training step")
@@ -105,13 +104,13 @@ def posterior_evolution(series: pd.DataFrame, path: Path, title: str = "") -> Pa
     ax.set_ylim(-0.02, 1.02)
     ax.legend(fontsize=6, ncol=2)
     ax.set_title(title, fontsize=9)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def learning_curves(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
     """Validation loss per epoch, one line per run (``arch, label, epoch, val_loss``)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 3.5), dpi=110)
+    fig = _figure(figsize=(6, 3.5), dpi=110)
+    ax = fig.subplots()
     for label, group in curves.groupby("label", sort=True):
         ax.plot(group["epoch"], group["val_loss"], label=str(label), lw=1.2)
     ax.set_xlabel("epoch")
@@ -119,7 +118,7 @@ def learning_curves(curves: pd.DataFrame, path: Path, title: str = "") -> Path:
     ax.set_yscale("log")
     ax.legend(fontsize=6)
     ax.set_title(title, fontsize=9)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
 def lr_curves(curves: pd.DataFrame, path: Path, columns: int = 4) -> Path:
@@ -128,14 +127,15 @@ def lr_curves(curves: pd.DataFrame, path: Path, columns: int = 4) -> Path:
     ``report_compare.curves_data`` (``arch, proxy, lr, epoch, val_loss``)."""
     import math
 
-    plt = _plt()
+    from matplotlib import colormaps
+
     archs = sorted(curves["arch"].unique())
     rows = max(1, math.ceil(len(archs) / columns))
     cols = min(columns, max(1, len(archs)))
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols, 2.5 * rows), dpi=100,
-                             squeeze=False)
+    fig = _figure(figsize=(3.2 * cols, 2.5 * rows), dpi=100)
+    axes = fig.subplots(rows, cols, squeeze=False)
     rates = sorted(curves.loc[curves["proxy"] != "alrao", "lr"].unique())
-    cmap = plt.get_cmap("viridis")
+    cmap = colormaps["viridis"]
     for ax, arch in zip(axes.flat, archs, strict=False):
         mine = curves[curves["arch"] == arch]
         for (proxy, lr), group in mine.groupby(["proxy", "lr"], sort=True, dropna=False):
@@ -160,12 +160,32 @@ def lr_curves(curves: pd.DataFrame, path: Path, columns: int = 4) -> Path:
         axes.flat[0].legend(fontsize=5)
     fig.supxlabel("epoch", fontsize=8)
     fig.supylabel("validation loss", fontsize=8)
-    return _save(plt, fig, path)
+    return _save(fig, path)
 
 
-def _save(plt: Any, fig: Any, path: Path) -> Path:
-    """Lays out, writes and closes ``fig``; returns ``path``."""
+def anytime_curves(points: pd.DataFrame, path: Path, target: float = 0.5) -> Path:
+    """Regret (test-accuracy points) against compute (share of the grid's trial-seconds,
+    log axis), one step line per strategy and repeat (``report.anytime.curve_points``)."""
+    from matplotlib import rcParams
+
+    fig = _figure(figsize=(6.5, 3.8), dpi=110)
+    ax = fig.subplots()
+    colours = rcParams["axes.prop_cycle"].by_key()["color"]
+    for i, (strategy, group) in enumerate(points.groupby("strategy", sort=True)):
+        for j, (_, rep) in enumerate(group.groupby("repeat", sort=True)):
+            ax.step(rep["share"], rep["regret"], where="post", lw=1.2, alpha=0.8,
+                    color=colours[i % len(colours)], label=str(strategy) if j == 0 else None)
+    ax.axhline(target, color="grey", ls=":", lw=1)
+    ax.set_xscale("log")
+    ax.set_yscale("symlog", linthresh=1.0)
+    ax.set_xlabel("compute (share of the grid's trial-seconds, one seed)")
+    ax.set_ylabel("regret (test-accuracy points)")
+    ax.legend(fontsize=6, ncol=2)
+    return _save(fig, path)
+
+
+def _save(fig: Any, path: Path) -> Path:
+    """Lays out and writes ``fig``; returns ``path``."""
     fig.tight_layout()
     fig.savefig(path)
-    plt.close(fig)
     return path

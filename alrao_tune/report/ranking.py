@@ -38,21 +38,22 @@ Frame = TypeVar("Frame", pd.Series, pd.DataFrame)
 
 
 
-def _check_mode(mode: str, name: str = "mode") -> None:
+def check_mode(mode: str, name: str = "mode") -> None:
+    """Raises ValueError unless ``mode`` is ``min`` or ``max``."""
     if mode not in ("min", "max"):
         raise ValueError(f"{name} must be 'min' or 'max', but got {name}={mode!r}.")
 
 
 def _as_badness(values: np.ndarray, mode: str) -> np.ndarray:
     """Lower-is-better float copy: negated when ``mode='max'``; every non-finite -> +inf."""
-    _check_mode(mode)
+    check_mode(mode)
     x = np.array(values, dtype=float)
     x = -x if mode == "max" else x
     x[~np.isfinite(x)] = np.inf
     return x
 
 
-def _badness(values: Frame, mode: str) -> Frame:
+def badness(values: Frame, mode: str) -> Frame:
     """:func:`_as_badness` of a Series or DataFrame, keeping its labels."""
     if isinstance(values, pd.DataFrame):
         bad = _as_badness(values.to_numpy(), mode).reshape(values.shape)
@@ -60,7 +61,7 @@ def _badness(values: Frame, mode: str) -> Frame:
     return pd.Series(_as_badness(values.to_numpy(), mode), index=values.index, name=values.name)
 
 
-def _align(labels: pd.Index, other: Frame, name: str) -> Frame:
+def align_labels(labels: pd.Index, other: Frame, name: str) -> Frame:
     """``other`` reordered to ``labels``; the label sets must be equal and unique."""
     if other.index.equals(labels) and not labels.has_duplicates:
         return other
@@ -78,13 +79,13 @@ def _align(labels: pd.Index, other: Frame, name: str) -> Frame:
 
 def _paired(a: pd.Series, b: pd.Series, mode: str) -> tuple[np.ndarray, np.ndarray]:
     """Aligned badness arrays of two score vectors."""
-    b = _align(a.index, b, "b")
+    b = align_labels(a.index, b, "b")
     return _as_badness(a.to_numpy(), mode), _as_badness(b.to_numpy(), mode)
 
 
 def to_ranks(series: pd.Series, mode: str = "min") -> pd.Series:
     """Float average ranks of a score vector (1 = best); failures share the worst rank."""
-    return _badness(series, mode).rank(method="average")
+    return badness(series, mode).rank(method="average")
 
 
 def seed_average(table: pd.DataFrame, mode: str = "min") -> pd.Series:
@@ -103,7 +104,7 @@ def seed_average(table: pd.DataFrame, mode: str = "min") -> pd.Series:
     """
     if table.shape[1] == 0:
         raise ValueError("seed_average: the table has no seed columns.")
-    mean = _badness(table, mode).mean(axis=1)  # +inf propagates
+    mean = badness(table, mode).mean(axis=1)  # +inf propagates
     return -mean if mode == "max" else mean
 
 
@@ -198,10 +199,10 @@ def regret(
         The regret; ``+inf`` if the pick failed on the metric (non-finite), NaN if no
         architecture has a finite metric.
     """
-    _check_mode(proxy_mode, "proxy_mode")
-    metric = _align(proxy.index, truth_metric, "truth_metric")
-    p = _badness(proxy, proxy_mode).to_numpy()
-    m = _badness(metric, mode).to_numpy()
+    check_mode(proxy_mode, "proxy_mode")
+    metric = align_labels(proxy.index, truth_metric, "truth_metric")
+    p = badness(proxy, proxy_mode).to_numpy()
+    m = badness(metric, mode).to_numpy()
     finite = np.isfinite(m)
     if not finite.any():
         return math.nan
@@ -228,6 +229,6 @@ def rank_ensemble(tables: Sequence[pd.DataFrame], *, mode: str = "min") -> pd.Da
         if set(table.columns) != set(first.columns):
             raise ValueError(f"tables[{i}] has seeds {list(table.columns)}, "
                              f"but tables[0] has {list(first.columns)}.")
-        aligned = _align(first.index, table, f"tables[{i}]")[list(first.columns)]
-        ranks.append(_badness(aligned, mode).rank(axis=0, method="average"))
+        aligned = align_labels(first.index, table, f"tables[{i}]")[list(first.columns)]
+        ranks.append(badness(aligned, mode).rank(axis=0, method="average"))
     return sum(ranks[1:], ranks[0]) / len(ranks)

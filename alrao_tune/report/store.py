@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import tempfile
 import time
 from collections.abc import Mapping
@@ -71,7 +70,6 @@ def connect(uri: str) -> MlflowClient:
                               f"--tracking-uri {uri}` first, or pick another tracking URI.")
     try:
         tracking.check_reachable(uri)
-        os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
         client = tracking.mlflow_client(uri)
         client.search_experiments(max_results=1)
     except tracking.TrackingError as err:

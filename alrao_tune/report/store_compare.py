@@ -116,3 +116,20 @@ def compute_saved(data: CompareData, momentum: str) -> dict[str, Any]:
     """The two-stage pipeline against the full grid: share of its trial-seconds used,
     regret in test-accuracy points, its pick and the grid's best architecture."""
     return dict(data.report["by_momentum"][momentum].get("pipeline") or {})
+
+
+def strategy_tables(data: CompareData) -> dict[str, pd.DataFrame]:
+    """The screening strategies of a comparison (empty dict when it ran none):
+    ``targets`` (compute to the target regret per strategy), ``budgets`` (regret at fixed
+    shares of the grid's trial-seconds) and ``points`` (the anytime curves: ``strategy,
+    repeat, share, regret``, see :func:`alrao_tune.report.anytime.curve_points`)."""
+    from alrao_tune.report import anytime
+
+    rep = data.report.get("strategies")
+    if not rep:
+        return {}
+    curves = frame_from_rows(rep.get("curves", []))
+    points = (anytime.curve_points(curves, float(rep["grid"]["seconds"])) if len(curves)
+              else pd.DataFrame(columns=["strategy", "repeat", "share", "regret"]))
+    return {"targets": frame_from_rows(rep.get("targets", [])),
+            "budgets": frame_from_rows(rep.get("budgets", [])), "points": points}

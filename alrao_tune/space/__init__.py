@@ -13,7 +13,7 @@ conversion, did-you-mean), ``sections`` (the per-section models), ``models`` (gr
 :class:`SearchSpace`) and ``loading`` (YAML reading, ``--set`` overrides, validation).
 
 Example:
-    >>> space = load_space("searchspaces/quickstart.yaml", ["training.epochs=2"])
+    >>> space = load_space("quickstart", ["training.epochs=2"])  # a shipped space, or a path
     >>> [a["name"] for a in space.architectures_resolved()]
 """
 
@@ -22,7 +22,7 @@ from __future__ import annotations
 from .constants import DATASETS, FAMILIES, PAPER_LR_GRID, PATH_DATASETS, SCHEDULE_OPTIONS
 from .errors import _MISSING as _MISSING  # the 'no value' marker of SpaceError (tests use it)
 from .errors import SpaceError
-from .loading import apply_overrides, load_space, parse_space
+from .loading import apply_overrides, find_space, load_space, parse_space, shipped_spaces
 from .models import Grid, SearchSpace
 from .sections import (
     Alrao,
@@ -59,6 +59,8 @@ __all__ = [
     "Stage2",
     "Training",
     "apply_overrides",
+    "find_space",
     "load_space",
     "parse_space",
+    "shipped_spaces",
 ]

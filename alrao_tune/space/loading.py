@@ -14,6 +14,8 @@ from pydantic import ValidationError
 from .errors import _MISSING, SpaceError, _convert, _short
 from .models import SearchSpace
 
+# The shipped search spaces (package data; a clone also has them at ./searchspaces).
+SHIPPED_DIR = Path(__file__).resolve().parents[1] / "searchspaces"
 _NOT_A_MAPPING = "the top level must be a mapping of sections (dataset, architectures, ...), got "
 
 
@@ -32,11 +34,33 @@ def _safe_load(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # a SafeLoader subclass: safe
 
 
+def shipped_spaces() -> dict[str, Path]:
+    """The search spaces shipped inside the package, by name (``quickstart``, ...)."""
+    return {p.stem: p for p in sorted(SHIPPED_DIR.glob("*.yaml"))}
+
+
+def find_space(path: str | Path) -> Path:
+    """The YAML file of ``path``: that file when it exists, else the shipped space of that
+    name (``quickstart`` or ``quickstart.yaml``: a name without a folder).
+
+    Raises:
+        SpaceError: neither (the message lists the shipped names).
+    """
+    given = Path(path)
+    if given.is_file():
+        return given
+    shipped = shipped_spaces()
+    name = given.stem if given.suffix in (".yaml", ".yml") else given.name
+    if given.parent == Path(".") and name in shipped:
+        return shipped[name]
+    raise SpaceError(str(path), "", _MISSING, f"no such file: {given.resolve()}; or give "
+                     f"the name of a shipped space: {', '.join(shipped) or 'none'}")
+
+
 def load_space(path: str | Path, overrides: Sequence[str] = ()) -> SearchSpace:
-    """Reads, overrides (``--set`` items) and validates one search-space YAML file."""
-    path, source = Path(path), str(path)
-    if not path.is_file():
-        raise SpaceError(source, "", _MISSING, f"no such file: {path.resolve()}")
+    """Reads, overrides (``--set`` items) and validates one search-space YAML file, given
+    by its path or by the name of a shipped space (:func:`shipped_spaces`)."""
+    path, source = find_space(path), str(path)
     try:
         raw = _safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:

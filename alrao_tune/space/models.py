@@ -69,7 +69,7 @@ class Grid(_Model):
 
 
 class SearchSpace(_Model):
-    """One validated search-space file; see ``searchspaces/quickstart.yaml``.
+    """One validated search-space file; see the shipped ``alrao_tune/searchspaces/quickstart.yaml``.
 
     Attributes:
         name: MLflow experiment name (default: the YAML file's stem).
@@ -112,6 +112,9 @@ class SearchSpace(_Model):
         if s1.asha is not None and s1.asha.grace_period > epochs:
             hint = f"must be <= training.epochs ({epochs})"
             raise _Invalid("stage1.asha.grace_period", s1.asha.grace_period, hint)
+        if (self.compare.asha.grace_period or 1) > epochs:
+            hint = f"must be <= training.epochs ({epochs})"
+            raise _Invalid("compare.asha.grace_period", self.compare.asha.grace_period, hint)
         if (self.compare.min_epochs or 0) > epochs:
             hint = f"must be <= training.epochs ({epochs})"
             raise _Invalid("compare.min_epochs", self.compare.min_epochs, hint)

@@ -25,7 +25,16 @@ from pydantic import (
     model_validator,
 )
 
-from .constants import DATASETS, PAPER_LR_GRID, PATH_DATASETS, SCHEDULE_OPTIONS
+from .constants import (
+    DATASETS,
+    LR_FREE_METHODS,
+    PAPER_LR_GRID,
+    PATH_DATASETS,
+    SCHEDULE_OPTIONS,
+    STAGE1_PROXIES,
+    STRATEGIES,
+    STRATEGY_NAMES,
+)
 from .errors import _MISSING, _check_choice, _Invalid
 
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -72,7 +81,8 @@ class Dataset(_Model):
 
 
 class Training(_Model):
-    """``training``: epochs, batch size, early stopping, time budget, device, LR schedule."""
+    """``training``: epochs, batch size, early stopping, time budget, device, LR schedule,
+    torch.compile."""
 
     epochs: int = Field(20, ge=1)
     batch_size: int = Field(32, ge=1)
@@ -82,6 +92,7 @@ class Training(_Model):
     device: str = "auto"
     schedule: dict[str, Any] = Field(default_factory=lambda: {"name": "constant"})
     posterior_every: int = Field(10, ge=0)  # switch posterior logged every N steps (0: per epoch)
+    compile: bool = False  # torch.compile the training step (alrao_tune.train.step)
 
     @field_validator("device")
     @classmethod
@@ -136,9 +147,11 @@ class Asha(_Model):
 
 
 class Stage1(_Model):
-    """``stage1``: one Alrao run per architecture and seed; keep the ``top_k`` by ``metric``."""
+    """``stage1``: one ``proxy`` run per architecture and seed (Alrao by default; ``adam`` at
+    its defaults or a learning-rate-free method also work); keep the ``top_k`` by ``metric``."""
 
     seeds: list[int] = Field(default_factory=lambda: [0], min_length=1)
+    proxy: str = "alrao"
     metric: Literal["val_loss", "val_acc", "best_head_val_loss"] = "val_loss"
     top_k: int = Field(2, ge=1)
     asha: Asha | None = None
@@ -147,6 +160,18 @@ class Stage1(_Model):
     @classmethod
     def _seeds(cls, value: Any) -> Any:
         return _seed_list(value)
+
+    @field_validator("proxy")
+    @classmethod
+    def _proxy(cls, proxy: str) -> str:
+        return _check_choice("", proxy, STAGE1_PROXIES, "stage-1 proxy")
+
+    @model_validator(mode="after")
+    def _metric_of_proxy(self) -> Stage1:
+        if self.metric == "best_head_val_loss" and self.proxy != "alrao":
+            raise _Invalid("metric", self.metric, f"needs proxy: alrao (Alrao's heads), but "
+                           f"proxy is {self.proxy!r}; use val_loss or val_acc")
+        return self
 
 
 class LrRange(_Model):
@@ -223,6 +248,14 @@ class Stage2(_Model):
         return value
 
 
+class StrategyAsha(_Model):
+    """``compare.asha``: the ASHA of the ``asha``/``asha_tpe`` strategies; null values are
+    Tune's defaults (grace period 1, reduction factor 4)."""
+
+    grace_period: int | None = Field(None, ge=1)
+    reduction_factor: float | None = Field(None, gt=1)
+
+
 class Compare(_Model):
     """``compare``: the truth the proxy is measured against (SGD over ``lr_grid``, Adam)."""
 
@@ -238,11 +271,36 @@ class Compare(_Model):
     alrao_momentum: list[float] = Field(default_factory=list)  # proxies: Alrao-SGD with momentum
     # proxies: Alrao on other intervals [lr_min, lr_max] (the paper's Fig. 3 question)
     alrao_ranges: list[list[float]] = Field(default_factory=list)
+    # single-run proxies: learning-rate-free methods at their defaults
+    lr_free: list[str] = Field(default_factory=lambda: list(LR_FREE_METHODS))
+    # end-to-end screening strategies (``all``: two_stage, asha, asha_tpe, random)
+    strategies: list[str] = Field(default_factory=lambda: list(STRATEGIES))
+    repeats: int = Field(3, ge=1)  # each strategy this many times, search seeds 0, 1, ...
+    # the trial budget of asha / asha_tpe / random per repeat, as a share of the epochs the
+    # grid spends on one seed (they stop once it is spent)
+    strategy_budget: float = Field(0.5, gt=0)
+    asha: StrategyAsha = Field(default_factory=StrategyAsha)
 
     @field_validator("seeds", mode="before")
     @classmethod
     def _seeds(cls, value: Any) -> Any:
         return _seed_list(value)
+
+    @field_validator("strategies", mode="before")
+    @classmethod
+    def _all(cls, value: Any) -> Any:
+        return list(STRATEGIES) if value == "all" else value
+
+    @field_validator("strategies", "lr_free")
+    @classmethod
+    def _names(cls, values: list[str], info: ValidationInfo) -> list[str]:
+        allowed = STRATEGY_NAMES if info.field_name == "strategies" else LR_FREE_METHODS
+        what = "strategy" if info.field_name == "strategies" else "learning-rate-free method"
+        for i, name in enumerate(values):
+            _check_choice(f"[{i}]", name, allowed, what)
+        if len(set(values)) < len(values):
+            raise _Invalid("", values, "lists a name twice")
+        return values
 
     @field_validator("lr_grid", "momentum", "alrao_momentum")
     @classmethod

@@ -4,6 +4,7 @@ every trial (:mod:`.callback`, imports Ray: import it from there)."""
 from __future__ import annotations
 
 from alrao_tune.tracking.runs import (
+    MLFLOW_ENV_DEFAULTS,
     RunTree,
     TrackingError,
     check_reachable,
@@ -16,6 +17,7 @@ from alrao_tune.tracking.runs import (
 )
 
 __all__ = [
+    "MLFLOW_ENV_DEFAULTS",
     "RunTree",
     "TrackingError",
     "check_reachable",

@@ -29,15 +29,11 @@ trial will not report again.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import numbers
-import queue
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from concurrent.futures import Future
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -61,6 +57,7 @@ from alrao_tune.schema import (
     TRIAL_ID_TAG,
 )
 from alrao_tune.tracking.runs import RunTree, TrackingError, clip, flatten, sanitize_metric_name
+from alrao_tune.tracking.writer import BackgroundWriter
 
 __all__ = ["MLflowTrialCallback", "STEP_METRICS_KEY", "TUNE_RESULT_KEYS"]
 
@@ -79,79 +76,6 @@ TUNE_RESULT_KEYS = frozenset((
     "timesteps_this_iter", "__duplicate__", "__trial_info__"))
 
 
-class _Writer:
-    """Runs MLflow calls in order on one background thread (inline if not ``background``)."""
-
-    def __init__(self, background: bool) -> None:
-        self.background = background
-        self.stats = {"calls": 0, "write_s": 0.0, "errors": 0}
-        self.fatal: TrackingError | None = None
-        self._queue: queue.Queue = queue.Queue()
-        self._thread: threading.Thread | None = None
-
-    def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queues ``fn(*args)``; a failure is logged as a warning, not raised, except that
-        once the store is gone for good (a :class:`TrackingError` such as
-        ``retry.ServerGoneError``) every later submit or call raises it."""
-        self._raise_fatal()
-        self._put(functools.partial(fn, *args), None)
-
-    def _raise_fatal(self) -> None:
-        if self.fatal is not None:
-            raise self.fatal
-
-    def call(self, fn: Callable[..., Any], *args: Any) -> Any:
-        """Runs ``fn(*args)`` after everything queued; returns its result or raises."""
-        self._raise_fatal()
-        future: Future = Future()
-        self._put(functools.partial(fn, *args), future)
-        return future.result()
-
-    def close(self) -> None:
-        """Waits until everything queued is written and stops the thread."""
-        if self._thread is not None:
-            self._queue.put(None)
-            self._thread.join()
-            self._thread = None
-
-    def _put(self, fn: Callable[[], Any], future: Future | None) -> None:
-        if not self.background:
-            self._run(fn, future)
-            return
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="mlflow-writer", daemon=True)
-            self._thread.start()
-        self._queue.put((fn, future))
-
-    def _loop(self) -> None:
-        while (item := self._queue.get()) is not None:
-            self._run(*item)
-
-    def _run(self, fn: Callable[[], Any], future: Future | None) -> None:
-        if self.fatal is not None:  # the store is gone: nothing more is tried
-            self.stats["errors"] += 1
-            if future is not None:
-                future.set_exception(self.fatal)
-            return
-        start = time.perf_counter()
-        try:
-            out = fn()
-        except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop training
-            self.stats["errors"] += 1
-            if isinstance(exc, TrackingError) and self.fatal is None:
-                self.fatal = exc  # the store is gone: the next hook raises it
-            if future is None:
-                name = getattr(getattr(fn, "func", fn), "__name__", "call")
-                log.warning("MLflow write %s failed: %s", name, exc)
-            else:
-                future.set_exception(exc)
-        else:
-            if future is not None:
-                future.set_result(out)
-        self.stats["calls"] += 1
-        self.stats["write_s"] += time.perf_counter() - start
-
-
 @dataclass
 class _TrialRun:
     """What the callback keeps per trial between results."""
@@ -166,10 +90,6 @@ class _TrialRun:
     replayed: int = 0
     backfilled: int = 0  # epochs logged from a restored checkpoint's records
     stopped: bool = False  # Tune set ``done`` on the last result (scheduler or stopper)
-
-
-def _barrier() -> None:
-    """Queued behind every pending write: ``_Writer.call(_barrier)`` waits for them."""
 
 
 def _result_step(result: Mapping[str, Any]) -> int:
@@ -245,7 +165,7 @@ class MLflowTrialCallback(Callback):
     def _init_runtime(self) -> None:
         self._trials: dict[str, _TrialRun] = {}
         self._names: dict[str, str] = {}
-        self._writer = _Writer(self.background)
+        self._writer = BackgroundWriter(self.background)
         self._stats: dict[str, float] = {"values": 0, "hook_s": 0.0}
 
     @property
@@ -343,7 +263,7 @@ class MLflowTrialCallback(Callback):
         start = time.perf_counter()
         for run in self._trials.values():
             self._flush(run)
-        self._writer.call(_barrier)
+        self._writer.wait()
         self._stats["hook_s"] += time.perf_counter() - start
         return {"run_ids": dict(self.run_ids)}
 

@@ -12,9 +12,10 @@ so a batch repeated after a reply was lost is stored once. A server that never c
 raises :class:`ServerGoneError` (a :class:`~alrao_tune.tracking.runs.TrackingError`: the
 command ends with exit code 2 and says what to do); after that, calls fail at once.
 
-MLflow's own HTTP retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``, default 7 with a backoff
-growing to minutes) are lowered to 1 for alrao_tune's process unless the variable is set,
-so that this module's shorter backoff decides how soon a restarted server is used again.
+The command line lowers MLflow's own HTTP retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
+default 7 with a backoff growing to minutes) to 1 unless the variable is set
+(``runs.MLFLOW_ENV_DEFAULTS``), so that this module's shorter backoff decides how soon a
+restarted server is used again; a library caller keeps MLflow's setting.
 """
 
 from __future__ import annotations
@@ -125,8 +126,3 @@ class RetryingClient:
 def _first_line(err: BaseException) -> str:
     text = (str(err).strip().splitlines() or [type(err).__name__])[0]
     return text[:200]
-
-
-def lower_mlflow_http_retries() -> None:
-    """MLflow's own retries down to 1 unless the user set them (module docstring)."""
-    os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")

@@ -14,8 +14,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from alrao_tune.errors import AlraoTuneError
+from alrao_tune.schema import LR_FREE_METHODS
 
-METHODS = ("alrao", "sgd", "adam")
+METHODS = ("alrao", "sgd", "adam", *LR_FREE_METHODS)
 ALRAO_OPTIMIZERS = ("sgd", "adam")
 SCHEDULES = ("constant", "step", "cosine", "cyclic", "onecycle")
 
@@ -35,8 +36,12 @@ class TrainConfig:
             generated datasets take their generation seed from ``dataset_options``.
         arch: architecture spec for :func:`alrao_tune.zoo.build_model`.
         method: ``alrao`` (random per-feature rates + switch-averaged heads), ``sgd`` or
-            ``adam`` (a plain optimizer at learning rate ``lr``).
-        lr: learning rate of ``sgd``/``adam``; ignored by ``alrao``.
+            ``adam`` (a plain optimizer at learning rate ``lr``), or a learning-rate-free
+            method at its package's defaults (``prodigy``, ``dadapt_sgd``, ``dadapt_adam``,
+            ``schedulefree_sgd``, ``schedulefree_adamw``; see
+            :mod:`alrao_tune.train.optimizers`).
+        lr: learning rate of ``sgd``/``adam``; ignored by ``alrao`` and the
+            learning-rate-free methods.
         momentum: SGD momentum (``sgd``, and ``alrao`` with ``alrao_optimizer="sgd"``).
         weight_decay: L2 weight decay, torch semantics.
         nesterov: Nesterov momentum for SGD.
@@ -58,6 +63,8 @@ class TrainConfig:
             group learning rate, so for Alrao it scales every per-feature rate at once.
         posterior_every: record the switch posterior every this many steps (0: per epoch only).
         eval_batch_size: batch size of evaluation passes.
+        compile: run the training step (forward, backward, optimizer step) through
+            ``torch.compile`` (see :mod:`alrao_tune.train.step`); evaluation stays eager.
     """
 
     dataset: str = "mnist1d"
@@ -84,6 +91,7 @@ class TrainConfig:
     schedule: Mapping[str, Any] = field(default_factory=lambda: {"name": "constant"})
     posterior_every: int = 0
     eval_batch_size: int = 1024
+    compile: bool = False
 
     def __post_init__(self) -> None:
         _check_choice("method", self.method, METHODS)

@@ -17,7 +17,7 @@ class History:
     """Everything a finished (or diverged) run produced.
 
     Attributes:
-        config: the run's :class:`~alrao_tune.config.TrainConfig` as a dict.
+        config: the run's :class:`~alrao_tune.train.TrainConfig` as a dict.
         records: one dict per epoch (``epoch``, ``train_loss``, ``val_loss``, ``val_acc``,
             times, and for Alrao ``lr_eff``, ``share_in_decade``, ``best_head_val_loss``,
             ``head_loss/head_XX`` and ``step_metrics`` with the per-step posteriors).

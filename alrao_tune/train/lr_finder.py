@@ -23,7 +23,8 @@ import torch
 
 from alrao_tune.data import DatasetSplits, iterate_batches, load_dataset
 from alrao_tune.train.config import TrainConfig
-from alrao_tune.train.trainer import resolve_device, task_loss
+from alrao_tune.train.methods import task_loss
+from alrao_tune.train.trainer import resolve_device
 from alrao_tune.zoo import build_model
 
 

@@ -22,6 +22,7 @@ import io
 from typing import Any
 
 from alrao_tune.schema import CHECKPOINT_FILE
+from alrao_tune.tune._ray_compat import kept_checkpoints
 
 
 def read_state(filesystem: Any, path: str, name: str = CHECKPOINT_FILE) -> dict[str, Any]:
@@ -141,10 +142,8 @@ def restore_missing(trial: Any) -> str | None:
     if source is not None:
         filesystem.create_dir(path, recursive=True)
         filesystem.copy_file(f"{source}/{CHECKPOINT_FILE}", f"{path}/{CHECKPOINT_FILE}")
-    manager = getattr(getattr(trial, "run_metadata", None), "checkpoint_manager", None)
-    for result in getattr(manager, "best_checkpoint_results", None) or []:
-        kept = result.checkpoint
-        if kept is not None and not _exists(_filesystem(kept), kept.path):
+    for kept in kept_checkpoints(trial):
+        if not _exists(_filesystem(kept), kept.path):
             _filesystem(kept).create_dir(kept.path, recursive=True)
     return note
 

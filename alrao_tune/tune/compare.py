@@ -12,15 +12,17 @@ against the truth (:mod:`alrao_tune.report.ranking`, :mod:`alrao_tune.report.fid
 A comparison runs for hours; ``resume=True`` (``alrao-tune compare SPACE --resume``)
 finishes the newest unfinished one of the space under ``storage`` through
 ``Tuner.restore``: trials that ended are kept, the others continue from their last
-checkpoint, the interrupted compare run in MLflow (named in ``compare.json`` in the
+checkpoint, the interrupted compare run in MLflow (named in ``pipeline.json`` in the
 comparison's folder) is reopened, and trial runs the kill left RUNNING are closed or, for a
-trial Tune never saved, deleted (as for ``screen --resume``).
+trial Tune never saved, deleted (as for ``screen --resume``). Start-up, resume and Ctrl-C are
+the pipeline driver's (:mod:`alrao_tune.tune.driver`), shared with ``screen``.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,22 +32,12 @@ import pandas as pd
 
 from alrao_tune.report import compare as report_compare
 from alrao_tune.report import fidelity
-from alrao_tune.schema import KIND_TAG
 from alrao_tune.space import SearchSpace, load_space
 from alrao_tune.tune import stages
+from alrao_tune.tune.driver import Pipeline, Progress, Trainable, json_value, run_pipeline
 from alrao_tune.tune.preflight import preflight
-from alrao_tune.tune.resume import (
-    ResumeError,
-    announce_resume,
-    check_same_settings,
-    resumed_frame,
-    settings_fingerprint,
-)
-from alrao_tune.tune.runner import TuneJob, run_job, trials_frame
-from alrao_tune.tune.screen import Progress, _clean, _ProgressCallback
-from alrao_tune.tune.storage import Location
-
-STATE_FILE = "compare.json"  # in the comparison's folder: its MLflow run and status
+from alrao_tune.tune.runner import TuneJob
+from alrao_tune.tune.trainable import trial_config
 
 
 def _trial(space: SearchSpace, arch: dict[str, Any], seed: int, proxy: str, method: str,
@@ -71,7 +63,8 @@ def compare_trials(space: SearchSpace, seeds: Sequence[int]) -> list[dict[str, A
                 trials.append(trial("sgd_default", "sgd", lr=c.default_lr,
                                     momentum=c.momentum[0]))
             if c.adam:
-                trials.append(trial("adam", "adam", lr=1e-3))
+                trials.append(trial("adam", "adam", lr=stages.ADAM_DEFAULT_LR))
+            trials += [trial(m, m) for m in c.lr_free]
             trials.append(trial("alrao", "alrao"))
             trials += [trial(f"alrao_momentum{m:g}", "alrao", momentum=m)
                        for m in c.alrao_momentum]
@@ -95,17 +88,22 @@ class CompareResult:
     wall_s: float = 0.0
     # per-epoch validation loss of the grid's and Alrao's runs of the first seed (Figure 2)
     curves: pd.DataFrame = field(default_factory=lambda: report_compare.curves_data([]))
+    # the screening strategies run end to end (report.anytime.strategy_report); {} if none
+    strategies: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
-            return [{k: _clean(v) for k, v in r.items()} for r in frame.to_dict("records")]
+            return [{k: json_value(v) for k, v in r.items()} for r in frame.to_dict("records")]
 
         out: dict[str, Any] = {"space": self.space, "run_ids": self.run_ids,
                                "wall_s": self.wall_s, "by_momentum": {}}
         for m, rep in self.reports.items():
             out["by_momentum"][str(m)] = {
                 k: rows(v) if isinstance(v, pd.DataFrame) else {
-                    kk: _clean(vv) for kk, vv in v.items()} for k, v in rep.items()}
+                    kk: json_value(vv) for kk, vv in v.items()} for k, v in rep.items()}
+        if self.strategies:
+            out["strategies"] = {k: rows(v) if isinstance(v, pd.DataFrame) else {
+                kk: json_value(vv) for kk, vv in v.items()} for k, v in self.strategies.items()}
         return out
 
 
@@ -139,89 +137,55 @@ def compare(
     storage: str | Path | None = None,
     address: str | None = None,
     output: str | Path | None = None,
-    progress: Progress | None = print,
+    progress: Progress | None = None,
     resume: bool = False,
+    trainable: Trainable | None = None,
 ) -> CompareResult:
     """Runs (or, with ``resume``, finishes) the comparison and writes its report (see the
-    module docstring)."""
-    import time
-
-    from alrao_tune import tracking
-    from alrao_tune.tune.session import ray_session
-
-    say = progress or (lambda _m: None)
+    module docstring). The arguments are :func:`~alrao_tune.tune.screen.screen`'s, plus
+    ``seeds`` (the number of seeds; default ``compare.seeds``)."""
     if not isinstance(space, SearchSpace):
         space = load_space(space, overrides)
     seed_list = list(range(seeds)) if seeds is not None else list(space.compare.seeds)
     archs = space.architectures_resolved()
     preflight(space, archs)
     configs = compare_trials(space, seed_list)
-    base = Location.parse(storage) / stages.safe_name(space.name)
-    root, state = (_resumable(base, say) if resume
-                   else (base / f"compare-{time.strftime('%Y%m%d-%H%M%S')}", {}))
-    settings = settings_fingerprint(configs)
-    if resume:
-        check_same_settings(state.get("settings"), settings, root)
-    state["settings"] = settings
-    uri = tracking_uri or tracking.default_tracking_uri()
-    tracking.check_reachable(uri)
-    with ray_session(address, resources=space.resources.model_dump()):
-        return _compare(space, seed_list, configs, len(archs), root, state, uri, output,
-                        say, resume)
+    params = {"seeds": seed_list, "n_runs": len(configs), "n_architectures": len(archs)}
+
+    def body(p: Pipeline, parent: str) -> CompareResult:
+        return _compare(p, parent, space, configs, len(archs), seed_list, output)
+
+    return run_pipeline(
+        "compare", space, configs, body, name=f"compare {space.name}", params=params,
+        stage_labels=("compare",), tracking_uri=tracking_uri, storage=storage,
+        address=address, resume=resume, progress=progress, trainable=trainable)
 
 
-def _compare(space: SearchSpace, seed_list: list[int], configs: list[dict[str, Any]],
-             n_archs: int, root: Location, state: dict[str, Any], uri: str,
-             output: str | Path | None, say: Progress, resume: bool) -> CompareResult:
-    """The comparison, inside the Ray session (see :func:`compare`)."""
-    import time
+def _compare(p: Pipeline, parent: str, space: SearchSpace, configs: list[dict[str, Any]],
+             n_archs: int, seed_list: list[int], output: str | Path | None) -> CompareResult:
+    """The comparison inside the pipeline driver: one Tune experiment, then its report."""
+    from ray import tune
 
-    from alrao_tune import tracking
+    p.say(f"compare: {n_archs} architectures x {len(seed_list)} seed(s): {len(configs)} runs")
+    t0 = time.perf_counter()
+    job = TuneJob(name="compare", param_space={"trial": tune.grid_search(configs)},
+                  storage=p.root, resources=space.resources.model_dump(),
+                  metric="best_val_loss", mode="min")
+    trials = p.stage(job, parent, "compare", name_fn=_name, total=len(configs), what="runs",
+                     log_table=False)
+    trials, curves = _curves(p.tree, trials, _min_epochs(space))
+    result = CompareResult(space.name, trials, build_reports(trials, space),
+                           {"compare": parent}, time.perf_counter() - t0, curves)
+    if space.compare.strategies:
+        from alrao_tune.tune import strategies
 
-    tree = tracking.RunTree(uri, tracking.prepare_store(uri, space.name))
-    say(f"compare: {n_archs} architectures x {len(seed_list)} seed(s): {len(configs)} runs")
-    parent = state.get("run_id")
-    if parent is not None:
-        tree.reopen(parent)
-    else:
-        parent = tree.start(f"compare {space.name}", params={
-            "seeds": seed_list, "n_runs": len(configs), "n_architectures": n_archs},
-            tags={KIND_TAG: "compare"})
-    _write_state(root, {"run_id": parent, "status": "RUNNING", "settings": state["settings"]})
-    status, t0 = "FAILED", time.perf_counter()
-    try:
-        from ray import tune
-
-        from alrao_tune.tracking.callback import MLflowTrialCallback
-
-        done = announce_resume(root / "compare", "compare", say, "runs") if resume else 0
-        callback = MLflowTrialCallback(tree, parent, trial_name_fn=_name)
-        job = TuneJob(name="compare", param_space={"trial": tune.grid_search(configs)},
-                      storage=root, resources=space.resources.model_dump(),
-                      metric="best_val_loss", mode="min",
-                      callbacks=[callback, _ProgressCallback(say, "compare", len(configs),
-                                                             _name, start=done)])
-        try:
-            grid = run_job(job, resume=resume)
-        finally:
-            callback.close()
-        trials = (resumed_frame(tree, parent, grid, callback.run_ids, say) if resume
-                  else trials_frame(grid, callback.run_ids))
-        trials, curves = _curves(tree, trials, _min_epochs(space))
-        result = CompareResult(space.name, trials, build_reports(trials, space),
-                               {"compare": parent}, time.perf_counter() - t0, curves)
-        _log(tree, parent, result)
-        if output is not None:
-            write_outputs(result, Path(output), tree)
-        status = "FINISHED"
-        return result
-    except KeyboardInterrupt:
-        status = "KILLED"  # resumable: `--resume` finishes it
-        raise
-    finally:
-        tree.end(parent, status)
-        _write_state(root, {"run_id": parent, "status": status,
-                            "settings": state["settings"]})
+        result.strategies = strategies.run_strategies(strategies.StrategyContext(
+            space, p.tree, parent, p.root / "strategies", p.say, _min_epochs(space)), trials)
+        result.wall_s = time.perf_counter() - t0
+    _log(p.tree, parent, result)
+    if output is not None:
+        write_outputs(result, Path(output), p.tree)
+    return result
 
 
 def _min_epochs(space: SearchSpace) -> int:
@@ -257,41 +221,7 @@ def _curves(tree: Any, trials: pd.DataFrame, area_epochs: int
     return trials.assign(train_area=area), report_compare.curves_data(records)
 
 
-def _resumable(base: Location, say: Progress) -> tuple[Location, dict[str, Any]]:
-    """The newest comparison under ``base`` that did not finish, and its state; reads only.
-
-    Raises:
-        ResumeError: none there (or only finished ones).
-        CheckpointError: a checkpoint that a trial would continue from is unreadable.
-    """
-    from ray import tune
-
-    from alrao_tune.tune.runner import check_resumable
-
-    folders = sorted((n for n in base.children() if n.startswith("compare-")), reverse=True)
-    for root in (base / name for name in folders):
-        if not tune.Tuner.can_restore(str(root / "compare")):
-            continue
-        try:
-            state = json.loads((root / STATE_FILE).read_text())
-        except (OSError, ValueError):
-            state = {}
-        if state.get("status") == "FINISHED":
-            break
-        check_resumable(root / "compare", say)
-        return root, state
-    raise ResumeError(f"nothing to resume under {base}: no unfinished comparison of this "
-                      "space there; run it without --resume.")
-
-
-def _write_state(root: Location, data: dict[str, Any]) -> None:
-    root.mkdir()
-    (root / STATE_FILE).write_text(json.dumps(data, indent=2))
-
-
 def _name(trial: Any) -> str:
-    from alrao_tune.tune.trainable import trial_config
-
     c = trial_config(trial.config)
     lr = c["train"].get("lr")
     suffix = f" lr={lr:.3g}" if c["proxy"] in ("sgd", "sgd_default") else ""
@@ -312,6 +242,12 @@ def _log(tree: Any, run_id: str, result: CompareResult) -> None:
             metrics[f"regret/{row.proxy}"] = row.regret
         tree.log_metrics(run_id, {k: float(v) for k, v in metrics.items()
                                   if isinstance(v, (int, float)) and math.isfinite(v)})
+    if result.strategies:
+        from alrao_tune.report import anytime
+
+        tree.log_metrics(run_id, anytime.strategy_metrics(result.strategies))
+        tree.log_text(run_id, anytime.strategies_markdown(result.strategies),
+                      "report-strategies.md")
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -337,6 +273,8 @@ def write_outputs(result: CompareResult, output: Path, tree: Any | None = None) 
     result.trials.to_csv(output / "trials.csv", index=False)
     result.curves.to_csv(output / "curves.csv", index=False)
     (output / "compare.json").write_text(json.dumps(result.to_json(), indent=2))
+    if result.strategies:
+        _write_strategies(result, output, tree)
     for m, rep in result.reports.items():
         (output / f"report-momentum{m}.md").write_text(markdown(rep))
         rep["table1"].to_csv(output / f"table1-momentum{m}.csv", index=False)
@@ -358,3 +296,18 @@ def write_outputs(result: CompareResult, output: Path, tree: Any | None = None) 
                          f"compute-momentum{m}.png"):
                 if (output / name).exists():
                     tree.log_artifact(result.run_ids["compare"], output / name, "figures")
+
+
+def _write_strategies(result: CompareResult, output: Path, tree: Any | None) -> None:
+    """``report-strategies.md``, ``strategies-curves.csv`` and the anytime-curves figure."""
+    from alrao_tune.report import anytime, figures
+
+    rep = result.strategies
+    (output / "report-strategies.md").write_text(anytime.strategies_markdown(rep))
+    rep["curves"].to_csv(output / "strategies-curves.csv", index=False)
+    points = anytime.curve_points(rep["curves"], rep["grid"]["seconds"])
+    if len(points):
+        figures.anytime_curves(points, output / "anytime-curves.png", rep["truth"]["target"])
+        if tree is not None:
+            tree.log_artifact(result.run_ids["compare"], output / "anytime-curves.png",
+                              "figures")

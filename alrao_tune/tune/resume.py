@@ -1,5 +1,6 @@
-"""What ``--resume`` needs: the screening's state file, and the MLflow runs of a resumed
-Tune experiment brought back to one ended run per trial (``screen`` and ``compare``).
+"""What ``--resume`` needs: a job's state file (:class:`JobState`), and the MLflow runs of a
+resumed Tune experiment brought back to one ended run per trial (``screen`` and
+``compare``).
 
 The rules are those of ``alrao_tune.tune.screen``'s module docstring: a trial run left
 RUNNING whose trial had ended is closed (FAILED with its error for an errored trial), and
@@ -11,14 +12,14 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import pandas as pd
 
 from alrao_tune.errors import AlraoTuneError
 from alrao_tune.schema import ERROR_TAG, ORPHAN_TAG, PARENT_TAG, TRIAL_ID_TAG
-from alrao_tune.tune.runner import experiment_trials, trials_frame
+from alrao_tune.tune.runner import check_resumable, experiment_trials, trials_frame
 from alrao_tune.tune.storage import Location
 
 Progress = Callable[[str], None]
@@ -123,9 +124,21 @@ def check_same_settings(saved: str | None, now: str, where: Any) -> None:
             "--resume to start anew.")
 
 
-class PipelineState:
-    """``<root>/pipeline.json``: the MLflow run ids of an invocation, which stages
-    finished (with their timings) and its status, for ``--resume``."""
+STATE_FILE = "pipeline.json"  # in every job's folder: see JobState
+_FOLDER_PREFIX = {"pipeline": "", "compare": "compare-"}
+_JOB_NAME = {"pipeline": "screening", "compare": "comparison"}
+
+
+class JobState:
+    """A job's state file ``<root>/pipeline.json``, one format for screenings and
+    comparisons: ``kind`` (``pipeline`` | ``compare``), ``status`` (RUNNING, FINISHED,
+    FAILED, KILLED), ``run_ids`` (the MLflow runs of the job, by key), ``done`` (the stages
+    that finished, with their timings) and ``settings`` (:func:`settings_fingerprint`).
+
+    A job's folder is ``<base>/<stamp>`` for a screening and ``<base>/compare-<stamp>`` for
+    a comparison; ``<base>/LATEST`` (``LATEST-compare``) names the newest one, which is what
+    ``--resume`` continues.
+    """
 
     def __init__(self, root: Location, data: dict[str, Any]) -> None:
         self.root, self.data = root, data
@@ -134,49 +147,52 @@ class PipelineState:
     def run_ids(self) -> dict[str, str]:
         return self.data.setdefault("run_ids", {})
 
+    @staticmethod
+    def _pointer(base: Location, kind: str) -> Location:
+        return base / ("LATEST" if kind == "pipeline" else f"LATEST-{kind}")
+
     @classmethod
-    def load(cls, base: Location) -> PipelineState:
-        """The newest screening under ``base``, to resume; reads only.
+    def load(cls, base: Location, kind: str) -> JobState:
+        """The newest job of ``kind`` under ``base``, to resume; reads only.
 
         Raises:
             ResumeError: nothing there, unreadable, or it FINISHED.
         """
-        latest = base / "LATEST"
+        job, latest = _JOB_NAME[kind], cls._pointer(base, kind)
         if not latest.exists():
-            raise ResumeError(f"nothing to resume under {base}: no earlier screening of "
-                              "this space there; run it without --resume.")
+            raise ResumeError(f"nothing to resume under {base}: no earlier {job} of this "
+                              "space there; run it without --resume.")
         root = base / latest.read_text().strip()
         try:
-            state = cls(root, json.loads((root / "pipeline.json").read_text()))
+            state = cls(root, json.loads((root / STATE_FILE).read_text()))
         except (OSError, ValueError) as err:  # pyarrow's errors are OSError too
             raise ResumeError(f"cannot resume from {root}: {err}") from err
         if state.data.get("status") == "FINISHED":
-            raise ResumeError(f"nothing to resume under {base}: the newest screening "
+            raise ResumeError(f"nothing to resume under {base}: the newest {job} "
                               f"({root.name}) finished; run without --resume to start a new "
                               "one.")
         return state
 
     @classmethod
-    def create(cls, base: Location, settings: str | None = None) -> PipelineState:
-        """A fresh invocation's folder ``<base>/<timestamp>``, named in ``<base>/LATEST``;
-        ``settings``: its :func:`settings_fingerprint`."""
-        stamp = time.strftime("%Y%m%d-%H%M%S")
+    def create(cls, base: Location, kind: str, settings: str | None = None) -> JobState:
+        """A fresh job's folder, named in the ``LATEST`` pointer of its kind; ``settings``:
+        its :func:`settings_fingerprint`."""
+        stamp = _FOLDER_PREFIX[kind] + time.strftime("%Y%m%d-%H%M%S")
         root, n = base / stamp, 1
         while root.exists():
             root, n = base / f"{stamp}-{n}", n + 1
         root.mkdir()
-        (base / "LATEST").write_text(root.name)
-        state = cls(root, {"status": "RUNNING", "run_ids": {}, "done": {},
+        cls._pointer(base, kind).write_text(root.name)
+        state = cls(root, {"kind": kind, "status": "RUNNING", "run_ids": {}, "done": {},
                            "settings": settings})
         state._write()
         return state
 
-    def check_checkpoints(self, say: Callable[[str], None] | None = None) -> None:
+    def check_checkpoints(self, stages: Sequence[str],
+                          say: Callable[[str], None] | None = None) -> None:
         """Raises CheckpointError when a checkpoint a trial would resume from is unreadable
-        (every stage that did not finish); reads only."""
-        from alrao_tune.tune.runner import check_resumable
-
-        for stage in ("stage1", "stage2"):
+        (in every stage of ``stages`` that did not finish); reads only."""
+        for stage in stages:
             if not self.is_done(stage) and (self.root / stage).is_dir():
                 check_resumable(self.root / stage, say)
 
@@ -200,4 +216,4 @@ class PipelineState:
         self._write()
 
     def _write(self) -> None:
-        (self.root / "pipeline.json").write_text(json.dumps(self.data, indent=2))
+        (self.root / STATE_FILE).write_text(json.dumps(self.data, indent=2))

@@ -20,6 +20,7 @@ from typing import Any
 import pandas as pd
 
 from alrao_tune.schema import TRIAL_COLUMNS
+from alrao_tune.tune._ray_compat import replace_callbacks, result_trials
 from alrao_tune.tune.storage import Location
 from alrao_tune.tune.trainable import trial_config
 
@@ -50,6 +51,7 @@ class TuneJob:
     callbacks: Sequence[Any] = field(default_factory=list)
     max_failures: int = MAX_FAILURES
     max_concurrent: int = 0
+    stop: Any = None  # a tune.Stopper (e.g. a compute budget), or None
 
     @property
     def location(self) -> Location:
@@ -89,7 +91,7 @@ def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = 
         tuner = tune.Tuner.restore(
             str(path), fn, resume_unfinished=True, resume_errored=True,
             param_space=job.param_space)
-        _replace_callbacks(tuner, job.callbacks)
+        replace_callbacks(tuner, job.callbacks)
         return tuner.fit()
     tuner = tune.Tuner(
         fn,
@@ -100,23 +102,12 @@ def run_job(job: TuneJob, *, resume: bool = False, trainable: Callable | None = 
             max_concurrent_trials=job.max_concurrent or None),
         run_config=tune.RunConfig(
             name=job.name, storage_path=str(job.location), callbacks=list(job.callbacks),
+            stop=job.stop,
             checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_KEPT),
             failure_config=tune.FailureConfig(max_failures=job.max_failures),
             verbose=0),
     )
     return tuner.fit()
-
-
-def _replace_callbacks(tuner: Any, callbacks: Sequence[Any]) -> None:
-    """Puts this invocation's callbacks into a restored Tuner (Tune's ``Tuner.restore``
-    takes no callbacks and would use the ones pickled by the interrupted process)."""
-    internal = getattr(tuner, "_local_tuner", None)
-    run_config = getattr(internal, "_run_config", None)
-    if run_config is None or not hasattr(run_config, "callbacks"):  # pragma: no cover
-        log.warning("cannot pass callbacks to the restored Tuner (Ray changed its internals); "
-                    "the pickled callbacks of the interrupted run are used")
-        return
-    run_config.callbacks = list(callbacks)
 
 
 def experiment_trials(path: str | Path | Location) -> list[Any]:
@@ -243,8 +234,8 @@ def _trial_ids(grid: Any) -> list[str | None]:
     """Tune's trial id of every result (also of a trial that never reported: then its
     result has no ``trial_id`` metric). A ResultGrid lists its results in the order of
     its experiment analysis' trials."""
-    trials = getattr(getattr(grid, "_experiment_analysis", None), "trials", None)
-    if trials is None or len(trials) != len(grid):  # pragma: no cover - Ray internals
+    trials = result_trials(grid)
+    if len(trials) != len(grid):  # pragma: no cover - Ray internals
         return [None] * len(grid)
     return [getattr(t, "trial_id", None) for t in trials]
 

@@ -1,19 +1,25 @@
-"""Ray start-up shared by the screening and compare jobs."""
+"""Ray start-up shared by the screening and compare jobs.
+
+Nothing here changes the process environment or logging: :data:`RAY_ENV_DEFAULTS` are the
+settings the ``alrao-tune`` command line puts into its environment before Ray starts; a
+Python program that wants the same behaviour sets them itself (see
+:func:`alrao_tune.cli.configure_process`).
+"""
 
 from __future__ import annotations
 
 import contextlib
-import logging
 import os
 import socket
 from collections.abc import Iterator, Mapping
 
 from alrao_tune.errors import AlraoTuneError
+from alrao_tune.tune._ray_compat import check_ray_version
 
 WAIT_ENV = "ALRAO_TUNE_WAIT_FOR_RESOURCES"
 
-# Quiet, lean defaults for a library driver (each can be overridden from the environment).
-_ENV_DEFAULTS = {
+# Quiet, lean defaults of the command line (each kept when the user set it).
+RAY_ENV_DEFAULTS = {
     "RAY_AUTH_MODE": "disabled",
     "TUNE_DISABLE_AUTO_CALLBACK_LOGGERS": "1",
     "RAY_DEDUP_LOGS": "1",
@@ -24,12 +30,6 @@ _ENV_DEFAULTS = {
     # had finished, with the unfinished trials in the result.
     "TUNE_DISABLE_SIGINT_HANDLER": "1",
 }
-
-
-def set_ray_env() -> None:
-    """Sets alrao_tune's Ray environment defaults unless the user already set them."""
-    for key, value in _ENV_DEFAULTS.items():
-        os.environ.setdefault(key, value)
 
 
 class ClusterError(AlraoTuneError, RuntimeError):
@@ -54,15 +54,9 @@ def ray_session(address: str | None = None, *, num_cpus: int | None = None,
             the resources of one trial (set ``ALRAO_TUNE_WAIT_FOR_RESOURCES=1`` to wait
             for an autoscaler to add such a node instead).
     """
-    set_ray_env()
-    import optuna
     import ray
 
-    # The driver prints alrao_tune's own progress; Tune's and Optuna's INFO/WARNING chatter
-    # (e.g. result.json look-ups that the disabled per-trial loggers make moot) is hidden.
-    for name in ("ray.tune", "ray.train", "ray.air"):
-        logging.getLogger(name).setLevel(logging.ERROR)
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_ray_version()
 
     if address:  # a bad address is an error even where a Ray is already running here
         check_address(address)

@@ -1,7 +1,8 @@
 """The two screening stages as Ray Tune jobs.
 
-Stage 1: one trial per (architecture, seed), method ``alrao``; the trials are a
-``tune.grid_search`` over prepared configs, optionally under ASHA.
+Stage 1: one trial per (architecture, seed), method ``stage1.proxy`` (``alrao`` by default;
+``adam`` runs at lr 1e-3, the learning-rate-free methods at their defaults); the trials
+are a ``tune.grid_search`` over prepared configs, optionally under ASHA.
 Stage 2: for each top-k architecture, an Optuna search (Ray Tune ``OptunaSearch``,
 seeded TPE by default) over the learning rate (log scale) and whatever else the search
 space opens (momentum, weight decay), first evaluating the Alrao effective learning rate
@@ -35,6 +36,8 @@ def train_config(space: SearchSpace, arch: dict[str, Any], *, method: str, seed:
         "min_epochs": t.min_epochs, "time_budget_s": t.time_budget_s,
         "device": device_for(space), "schedule": dict(t.schedule),
     }
+    if t.compile:  # only when asked, so existing trial configs stay as they were
+        cfg["compile"] = True
     if method == "alrao":
         a = space.alrao
         cfg.update(lr_min=a.lr_min, lr_max=a.lr_max, n_heads=a.n_heads, theta=a.theta,
@@ -47,13 +50,26 @@ def stage1_param_space(space: SearchSpace) -> dict[str, Any]:
     """A grid over every (architecture, seed) pair, each a complete trial config."""
     from ray import tune
 
+    proxy = space.stage1.proxy
     trials = [
         {"stage": "stage1", "arch_name": arch["name"],
-         "train": train_config(space, arch, method="alrao", seed=seed)}
+         "train": stage1_train_config(space, arch, proxy, seed)}
         for arch in space.architectures_resolved()
         for seed in space.stage1.seeds
     ]
     return {"trial": tune.grid_search(trials)}
+
+
+ADAM_DEFAULT_LR = 1e-3  # Adam "at its defaults" (torch's and the paper's)
+
+
+def stage1_train_config(space: SearchSpace, arch: dict[str, Any], proxy: str,
+                        seed: int) -> dict[str, Any]:
+    """The TrainConfig dict of one stage-1 run of ``arch`` with ``proxy`` (a method)."""
+    cfg = train_config(space, arch, method=proxy, seed=seed)
+    if proxy == "adam":
+        cfg["lr"] = ADAM_DEFAULT_LR
+    return cfg
 
 
 def stage1_scheduler(space: SearchSpace) -> Any:

@@ -11,7 +11,9 @@ with per-step switch posteriors for the driver-side MLflow callback) plus runnin
 ``node_id`` running it, with a checkpoint of the whole trainer state; the last report
 also carries the test metrics measured at the best validation epoch. A resumed trial
 continues from its last checkpoint exactly; its first report also carries the metrics of
-the epochs in that checkpoint (``RESTORED_KEY``).
+the epochs in that checkpoint (``RESTORED_KEY``). ``epoch_hook(trainer)`` runs after each
+epoch, before its report and checkpoint: the fault-injecting trainables of the tests and of
+``alrao-tune bench soak`` (:mod:`alrao_tune.bench.faults`) wrap this function with one.
 
 On a cluster the driver ships only this small config to the workers, never arrays: each
 worker process loads the trial's dataset itself, once (:func:`dataset_for`, kept by reused
@@ -28,9 +30,8 @@ trial's resources: ``training.device: auto`` becomes ``cuda`` when ``resources.g
 from __future__ import annotations
 
 import math
-import os
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -40,16 +41,11 @@ from alrao_tune.schema import CHECKPOINT_FILE, RESTORED_KEY
 from alrao_tune.train.config import TrainConfig
 
 SEARCHED_KEYS = ("lr", "momentum", "weight_decay")
-# Test-only fault injection (reliability tests and ``alrao-tune bench soak``), trial
-# config key "fault": "crash_once:<marker file>" makes the worker process exit abruptly
-# (``os._exit(1)``) at the end of epoch 2, before reporting it, the first time (the marker
-# file records it); "raise" raises at the end of epoch 2; "nan" fills the weights with NaN
-# at the end of epoch 1, so that epoch 2 diverges for real. The screening's driver puts it
-# into stage-1 trial configs from the environment, see :func:`inject_faults`.
-FAULT_KEY = "fault"
-FAULTS_ENV = "ALRAO_TUNE_FAULTS"  # JSON {"<arch name>": "<fault>", ...}
-FAULT_ARCH_ENV, FAULT_ENV = "ALRAO_TUNE_FAULT_ARCH", "ALRAO_TUNE_FAULT"  # "a,b" + "<fault>"
-FAULT_KINDS = ("crash_once:<marker file>", "raise", "nan")
+# Trial config key: when true, every epoch that improves the validation loss also measures
+# the test accuracy of that model (``best_test_acc``), so that a trial stopped early (ASHA,
+# a compute budget) still has the test accuracy of its best model (``compare`` strategies).
+TRACK_TEST_KEY = "track_test"
+EpochHook = Callable[[Any], None]  # called with the Trainer after every epoch
 
 
 def trial_config(config: Mapping[str, Any]) -> dict[str, Any]:
@@ -111,7 +107,7 @@ class _RunningBest:
         return dict(self.values)
 
 
-def train_trial(config: dict[str, Any]) -> None:
+def train_trial(config: dict[str, Any], *, epoch_hook: EpochHook | None = None) -> None:
     """Ray Tune function trainable (see the module docstring)."""
     from ray import tune
 
@@ -138,20 +134,27 @@ def train_trial(config: dict[str, Any]) -> None:
         return metrics
 
     restored: list[dict[str, Any]] = []
+    best_test: dict[str, float] = {}
     if checkpoint is not None:
         with checkpoint.as_directory() as d:
             trainer.restore(Path(d) / CHECKPOINT_FILE)
         restored = [epoch_metrics(record) for record in trainer.records]
+        if config.get(TRACK_TEST_KEY) and trainer.best_state is not None:
+            best_test["best_test_acc"] = trainer.history().test_acc
 
     def report(record: dict[str, Any], trainer: Trainer) -> None:
         metrics = epoch_metrics(record)
+        if config.get(TRACK_TEST_KEY) and trainer.best_epoch == trainer.epoch:
+            best_test["best_test_acc"] = trainer.history().test_acc
+        metrics.update({k: v for k, v in best_test.items() if v is not None})
         metrics["node_id"] = node_id  # a string: the MLflow callback stores it as a tag
         if restored:  # once: the epochs in the checkpoint, for values MLflow may lack
             metrics[RESTORED_KEY] = restored.copy()
             restored.clear()
         if trainer.status != "running":
             metrics.update(_final_metrics(trainer))
-        _maybe_fault(config.get(FAULT_KEY), trainer)
+        if epoch_hook is not None:
+            epoch_hook(trainer)
         with tempfile.TemporaryDirectory() as d:
             trainer.save(Path(d) / CHECKPOINT_FILE)
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
@@ -199,68 +202,3 @@ def _final_metrics(trainer: Any) -> dict[str, Any]:
         if summary.get(key) is not None:
             out[key] = summary[key]
     return out
-
-
-def check_fault(fault: str) -> str:
-    """Returns ``fault`` if it is a known fault spec, else raises ValueError."""
-    if fault in ("raise", "nan") or (fault.startswith("crash_once:") and len(fault) > 11):
-        return fault
-    raise ValueError(f"unknown fault {fault!r}; use one of {', '.join(FAULT_KINDS)}.")
-
-
-def faults_from_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
-    """TEST-ONLY: ``{arch name: fault}`` from ``ALRAO_TUNE_FAULTS`` (a JSON object) and
-    ``ALRAO_TUNE_FAULT_ARCH`` (comma-separated names) with ``ALRAO_TUNE_FAULT``."""
-    import json
-
-    env = os.environ if environ is None else environ
-    faults: dict[str, str] = {}
-    if env.get(FAULTS_ENV):
-        try:
-            raw = json.loads(env[FAULTS_ENV])
-        except ValueError as err:
-            raise ValueError(f"{FAULTS_ENV} is not a JSON object: {err}") from err
-        if not isinstance(raw, dict):
-            raise ValueError(f"{FAULTS_ENV} must be a JSON object {{arch name: fault}}.")
-        faults.update({str(k): str(v) for k, v in raw.items()})
-    if env.get(FAULT_ARCH_ENV):
-        spec = env.get(FAULT_ENV) or "raise"
-        faults.update({name.strip(): spec for name in env[FAULT_ARCH_ENV].split(",")
-                       if name.strip()})
-    return {name: check_fault(spec) for name, spec in faults.items()}
-
-
-def inject_faults(trials: list[dict[str, Any]],
-                  faults: Mapping[str, str] | None = None) -> list[dict[str, Any]]:
-    """TEST-ONLY: adds the ``fault`` key to the trial configs of the named architectures
-    (default: :func:`faults_from_env`); an unknown architecture name raises ValueError."""
-    faults = faults_from_env() if faults is None else dict(faults)
-    if not faults:
-        return trials
-    names = {t.get("arch_name") for t in trials}
-    if unknown := sorted(set(faults) - names):
-        raise ValueError(f"fault injection names unknown architecture(s) {unknown}; "
-                         f"architectures: {sorted(n for n in names if n)}.")
-    return [{**t, FAULT_KEY: faults[t["arch_name"]]} if t.get("arch_name") in faults else t
-            for t in trials]
-
-
-def _maybe_fault(fault: str | None, trainer: Any) -> None:
-    """Test-only fault injection, see ``FAULT_KEY``."""
-    if not fault:
-        return
-    if fault == "nan" and trainer.epoch == 1:
-        import torch
-
-        with torch.no_grad():
-            for p in trainer.model.parameters():
-                p.fill_(math.nan)
-    if trainer.epoch != 2:
-        return
-    if fault == "raise":
-        raise RuntimeError("injected fault (trial config fault='raise')")
-    if fault.startswith("crash_once:"):
-        marker = Path(fault.split(":", 1)[1])
-        if not marker.exists():
-            marker.write_text("crashed once")
-            os._exit(1)

@@ -1,9 +1,9 @@
 """Building blocks of the architecture zoo (:mod:`alrao_tune.zoo`).
 
 Every module that owns parameters is a ``Linear``, ``Conv1d``/``Conv2d``,
-``BatchNorm1d``/``BatchNorm2d``, ``LayerNorm``, ``Embedding``, ``GRU`` or ``LSTM``: the Alrao
-optimizer knows how to give those per-feature learning rates. The container modules here
-own no parameters themselves.
+``BatchNorm1d``/``BatchNorm2d``, ``LayerNorm``, ``Embedding``, ``GRU``, ``LSTM`` or
+``MultiheadAttention``: the Alrao optimizer has a feature rule for each (no inference). The
+container modules here own no parameters themselves.
 """
 
 from __future__ import annotations
@@ -14,6 +14,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
+
+from alrao_tune.zoo.transformer import build_transformer
 
 ACTIVATIONS: dict[str, type[nn.Module]] = {"relu": nn.ReLU, "tanh": nn.Tanh, "gelu": nn.GELU}
 
@@ -324,4 +326,5 @@ PRECLASSIFIERS: dict[str, Callable[..., Built]] = {
     "mlp": build_mlp, "cnn1d": build_cnn1d, "cnn2d": build_cnn2d,
     "mobilenet": build_mobilenet, "inception": build_inception, "resnet": build_resnet,
     "gru": build_recurrent("gru"), "lstm": build_recurrent("lstm"), "cnn_gru": build_cnn_gru,
+    "transformer": build_transformer,
 }

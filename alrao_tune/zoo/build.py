@@ -10,8 +10,10 @@ the classifier is cloned into K heads).
 Input conventions: ``vector`` inputs ``[N, L]`` are 1-channel sequences ``[N, 1, L]`` for
 ``cnn1d``/``cnn_gru`` and ``[N, L, 1]`` sequences for ``gru``/``lstm``; ``image`` inputs
 ``[N, C, H, W]`` feed the 2-D families (``gru``/``lstm`` read them row by row); ``mlp``
-flattens; ``tokens`` ``[N, T]`` go through an ``nn.Embedding`` in ``gru``/``lstm``, which then
-return one feature vector per position (``[N, T, D]``, next-token prediction).
+flattens; ``tokens`` ``[N, T]`` go through an ``nn.Embedding`` in ``gru``/``lstm``/
+``transformer``, which then return one feature vector per position (``[N, T, D]``,
+next-token prediction). ``transformer`` (see :mod:`.transformer`) cuts images into patches and
+vectors into chunks of ``patch_size`` values.
 """
 
 from __future__ import annotations
@@ -133,13 +135,16 @@ _SCHEMAS: dict[str, list[tuple[str, Any, Check]]] = {
     "lstm": [*_RNN, ("embedding_dim", 32, _int()), ("dropout", 0.0, _prob)],
     "cnn_gru": [("channels", (32,), _ints()), ("kernel_size", 5, _int(odd=True)), _NO_BN,
                 ("pool", 2, _int()), _ACT, *_RNN],
+    "transformer": [("dim", 32, _int()), ("depth", 2, _int()), ("heads", 4, _int()),
+                    ("mlp_ratio", 2, _int()), ("patch_size", 4, _int()),
+                    ("pool", "cls", _choice("cls", "mean")), ("dropout", 0.0, _prob)],
 }
 FAMILIES: tuple[str, ...] = schema.FAMILIES  # the keys of _SCHEMAS, in this order
 _KINDS: dict[str, tuple[str, ...]] = {
     "mlp": ("vector", "image"), "cnn1d": ("vector",), "cnn2d": ("image",),
     "mobilenet": ("image",), "inception": ("image",), "resnet": ("image",),
     "gru": ("vector", "image", "tokens"), "lstm": ("vector", "image", "tokens"),
-    "cnn_gru": ("vector",),
+    "cnn_gru": ("vector",), "transformer": ("vector", "image", "tokens"),
 }
 
 
@@ -204,6 +209,9 @@ def validate_spec(spec: Mapping[str, Any]) -> dict[str, Any]:
         out.setdefault(key, default)
     if family == "mobilenet":
         out["strides"] = _mobilenet_strides(out["widths"], out["strides"])
+    if family == "transformer" and out["dim"] % out["heads"]:
+        raise ArchError(f"family 'transformer': option 'dim' ({out['dim']}) must be divisible "
+                        f"by 'heads' ({out['heads']}).")
     if spec.get("name") is not None:
         out["name"] = str(spec["name"])
     return out
@@ -221,7 +229,8 @@ def _mobilenet_strides(widths: tuple[int, ...], strides: tuple[int, ...] | None)
 # --------------------------------------------------------------------------- names
 _ABBREV = {"kernel_size": "k", "pool": "p", "fc_width": "fc", "dropout": "drop",
            "convs_per_stage": "c", "blocks_per_stage": "b", "stem_channels": "stem",
-           "strides": "s", "layers": "l", "hidden": "h", "embedding_dim": "emb"}
+           "strides": "s", "layers": "l", "hidden": "h", "embedding_dim": "emb",
+           "depth": "d", "heads": "nh", "mlp_ratio": "mlp", "patch_size": "p"}
 
 
 def _token(key: str, value: Any) -> str:
@@ -350,7 +359,10 @@ def build_model(spec: Mapping[str, Any], data: DatasetSplits | DataInfo) -> ZooM
     if info.kind == "tokens" and full.get("bidirectional"):
         raise ArchError(f"family {family!r}: option 'bidirectional' must be false for token "
                         f"inputs (next-token prediction must not see the future).")
-    module, dim = PRECLASSIFIERS[family](info.kind, info.input_shape, full, info.vocab_size)
+    try:
+        module, dim = PRECLASSIFIERS[family](info.kind, info.input_shape, full, info.vocab_size)
+    except ValueError as exc:  # an option that does not fit these inputs
+        raise ArchError(f"family {family!r}: {exc}.") from None
     return ZooModel(module, dim, info.n_outputs, name=arch_name(full),
                     sequence_output=info.kind == "tokens")
 

@@ -15,7 +15,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-import alrao_tune.alrao.lr as lr_module
+import alrao_tune.alrao.features as features_module
 from alrao_tune.alrao.lr import (
     FeatureSet,
     UnsupportedLayerError,
@@ -303,23 +303,27 @@ class Scale(nn.Module):
 @pytest.fixture
 def rules(monkeypatch: pytest.MonkeyPatch) -> None:
     """Isolate the global rule registry."""
-    monkeypatch.setattr(lr_module, "_RULES", dict(lr_module._RULES))
+    monkeypatch.setattr(features_module, "_RULES", dict(features_module._RULES))
 
 
 def test_unsupported_layer_names_path_and_type_then_registering_fixes_it(rules: None) -> None:
     model = nn.Sequential(nn.Linear(2, 3), nn.Sequential(Scale(3)))
+    # strict: no inference, an error naming the path, the type and the fix
     with pytest.raises(UnsupportedLayerError, match=r"'1\.0' \(.*Scale\).*register_feature_rule"):
-        feature_lrs(model, 1e-3, 1.0)
+        feature_lrs(model, 1e-3, 1.0, strict=True)
     register_feature_rule(Scale, lambda m: [FeatureSet(m.gain.shape[0], {"gain": 0})])
-    layout = feature_lrs(model, 1e-3, 1.0)
+    layout = feature_lrs(model, 1e-3, 1.0, strict=True)
     assert layout[model[1][0].gain].rates.shape == (3,)
+    assert layout[model[1][0].gain].rule == "Scale rule"
 
 
-def test_container_owning_a_parameter_is_unsupported() -> None:
+def test_container_owning_a_parameter_is_unsupported_when_strict() -> None:
     model = nn.Sequential(nn.Linear(2, 2))
     model.temperature = nn.Parameter(torch.ones(1))
-    with pytest.raises(UnsupportedLayerError, match=r"'<root>'.*\['temperature'\]"):
-        feature_lrs(model, 1e-3, 1.0)
+    with pytest.raises(UnsupportedLayerError, match=r"'<root>'.*\['temperature'\].*strict"):
+        feature_lrs(model, 1e-3, 1.0, strict=True)
+    # without strict the scalar is one inferred feature
+    assert feature_lrs(model, 1e-3, 1.0)[model.temperature].rates.numel() == 1
 
 
 def test_rule_lookup_walks_the_mro() -> None:
@@ -338,7 +342,7 @@ def test_rule_that_misses_a_parameter_or_misfits_is_an_error(rules: None) -> Non
 
     register_feature_rule(Two, lambda m: [FeatureSet(3, {"a": 0})])
     with pytest.raises(UnsupportedLayerError, match=r"\['b'\].*does not cover"):
-        feature_lrs(Two(), 1e-3, 1.0)
+        feature_lrs(Two(), 1e-3, 1.0, strict=True)
     register_feature_rule(Two, lambda m: [FeatureSet(4, {"a": 0, "b": 0})])
     with pytest.raises(ValueError, match="parameter 'a' of shape \\(3,\\) to 4 features"):
         feature_lrs(Two(), 1e-3, 1.0)

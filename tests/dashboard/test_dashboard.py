@@ -23,7 +23,8 @@ from alrao_tune.dashboard import launch as ui
 from tests.report.test_store import Store, dashboard_store
 
 ROOT = Path(__file__).resolve().parents[2]
-APP = ROOT / "dashboards" / "app.py"
+APP = ROOT / "alrao_tune" / "dashboard" / "app.py"  # what `alrao-tune ui` serves
+LAUNCHER = ROOT / "dashboards" / "app.py"  # `streamlit run dashboards/app.py` in a clone
 CHROMIUM = Path("/usr/bin/chromium")
 SCREENSHOT = ROOT / "docs" / "dashboard.png"
 
@@ -33,8 +34,8 @@ def store(ray_local, tmp_path_factory) -> Store:
     return dashboard_store(tmp_path_factory)
 
 
-def run_app(monkeypatch: pytest.MonkeyPatch, uri: str, env: str = "ALRAO_TUNE_TRACKING_URI",
-            **selected: str):
+def run_app(monkeypatch: pytest.MonkeyPatch, uri: str, app: Path = APP,
+            env: str = "ALRAO_TUNE_TRACKING_URI", **selected: str):
     """The app run once headless on ``uri`` (given in the variable ``env``; sidebar widgets
     set by key, then rerun)."""
     from streamlit.testing.v1 import AppTest
@@ -43,7 +44,7 @@ def run_app(monkeypatch: pytest.MonkeyPatch, uri: str, env: str = "ALRAO_TUNE_TR
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv(env, uri)
     monkeypatch.setenv("ALRAO_TUNE_MLFLOW_UI", "http://127.0.0.1:5055")
-    at = AppTest.from_file(str(APP), default_timeout=120)
+    at = AppTest.from_file(str(app), default_timeout=120)
     at.run()
     for key, value in selected.items():
         at.selectbox(key=key).select(value)
@@ -105,6 +106,13 @@ def test_app_follows_mlflow_tracking_uri(monkeypatch, mlflow_uri):
     assert not at.exception
     assert at.sidebar.text_input(key="uri").value == mlflow_uri
     assert "holds no screening yet" in at.info[0].value
+
+
+def test_the_clone_launcher_runs_the_same_app(monkeypatch, mlflow_uri):
+    # dashboards/app.py only imports and calls alrao_tune.dashboard.app.main
+    assert len(LAUNCHER.read_text().splitlines()) <= 8
+    at = run_app(monkeypatch, mlflow_uri, app=LAUNCHER)
+    assert not at.exception and "holds no screening yet" in at.info[0].value
 
 
 @pytest.mark.slow
@@ -212,7 +220,7 @@ def test_streamlit_run_follows_mlflow_tracking_uri(store, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "ALRAO_TUNE_TRACKING_URI"}
     env["MLFLOW_TRACKING_URI"] = store.uri
     proc = subprocess.Popen(
-        [sys.executable, "-m", "streamlit", "run", str(APP), "--server.headless", "true",
+        [sys.executable, "-m", "streamlit", "run", str(LAUNCHER), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port),
          "--browser.gatherUsageStats", "false"], cwd=tmp_path, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)

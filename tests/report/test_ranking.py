@@ -1,4 +1,4 @@
-"""Tests of alrao_tune.ranking and alrao_tune.fidelity: hand-computed rank statistics, ties,
+"""Tests of alrao_tune.report.ranking and .fidelity: hand-computed rank statistics, ties,
 failures, bootstrap."""
 
 from __future__ import annotations

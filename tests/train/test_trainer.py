@@ -9,13 +9,7 @@ import torch
 
 from alrao_tune.data import load_dataset
 from alrao_tune.train import ConfigError, TrainConfig, Trainer, fit, lr_find
-
-BLOBS = {"n_train": 400, "n_features": 8, "n_classes": 3}
-
-
-@pytest.fixture(scope="module")
-def blobs():
-    return load_dataset("blobs", seed=0, **BLOBS)
+from tests.train.conftest import BLOBS
 
 
 def config(**changes) -> TrainConfig:
@@ -165,6 +159,8 @@ FAMILIES = [
     ("digits", {"family": "resnet", "widths": [4, 8], "stem_channels": 4}),
     ("text", {"family": "gru", "hidden": 8, "embedding_dim": 8}),
     ("text", {"family": "lstm", "hidden": 8, "embedding_dim": 8}),
+    ("mnist1d", {"family": "transformer", "dim": 8, "depth": 1, "heads": 2, "patch_size": 8}),
+    ("text", {"family": "transformer", "dim": 8, "depth": 1, "heads": 2}),
 ]
 
 
@@ -194,11 +190,12 @@ def test_every_family_trains_with_every_method(small_data, dataset, arch, method
     assert math.isfinite(history.test_loss)
 
 
-def test_a_deleted_checkpoint_is_replaced_by_the_trials_earliest_readable_one(blobs,
-                                                                             tmp_path):
+def test_a_deleted_checkpoint_is_replaced_by_the_trials_newest_complete_one(blobs, tmp_path):
     """Tune's experiment state can name a checkpoint that Tune deleted just before a
-    SIGKILL: before the restore, a copy of the readable ``checkpoint_*`` beside it with the
-    fewest epochs is put in its place; a damaged named checkpoint is an error, not skipped."""
+    SIGKILL: before the restore, a copy of the complete ``checkpoint_*`` beside it with the
+    most epochs is put in its place (issue 18: the newest complete state of the run); a
+    sibling without a readable file is skipped and said; a damaged named checkpoint is an
+    error, not skipped."""
     from types import SimpleNamespace
 
     from ray import tune
@@ -214,16 +211,18 @@ def test_a_deleted_checkpoint_is_replaced_by_the_trials_earliest_readable_one(bl
     (tmp_path / "checkpoint_000003" / "trainer.pt").write_bytes(b"cut short by the kill")
 
     named = tune.Checkpoint(str(tmp_path / "checkpoint_000004"))
-    assert usable_checkpoint(named) == (None, None)  # present: used as it is
+    source, note = usable_checkpoint(named)  # present: used as it is, 000003 skipped
+    assert source is None and note.startswith("skipped incomplete checkpoint folder(s) "
+                                              "checkpoint_000003")
     gone = tune.Checkpoint(str(tmp_path / "checkpoint_000001"))
     source, note = usable_checkpoint(gone)
-    # 000003 is unreadable, so 000002 (epoch 1) is the earliest readable one
-    assert source == str(tmp_path / "checkpoint_000002")
-    assert "checkpoint_000001" in note and "checkpoint_000002 (epoch 1)" in note
+    # 000003 is unreadable, so 000004 (epoch 3) is the newest complete one
+    assert source == str(tmp_path / "checkpoint_000004")
+    assert "checkpoint_000001" in note and "checkpoint_000004 (epoch 3)" in note
     assert restore_missing(SimpleNamespace(checkpoint=gone)) == note
     restored = Trainer(config(), blobs)
     restored.restore(tmp_path / "checkpoint_000001" / "trainer.pt")
-    assert restored.epoch == 1 and usable_checkpoint(gone) == (None, None)
+    assert restored.epoch == 3 and usable_checkpoint(gone)[0] is None
     with pytest.raises(CheckpointError, match=r"checkpoint_000003/trainer.pt is unreadable"):
         usable_checkpoint(tune.Checkpoint(str(tmp_path / "checkpoint_000003")))
     for index in (1, 2, 4):

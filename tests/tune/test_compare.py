@@ -21,7 +21,8 @@ SPACE = {
     "stage1": {"top_k": 1},
     # lr 1000 makes plain SGD diverge on these nets: a diverged grid point
     "compare": {"lr_grid": [0.1, 1000.0], "seeds": 1, "alrao_auto_range": False,
-                "alrao_momentum": [0.9], "alrao_ranges": [[0.01, 1.0]]},
+                "alrao_momentum": [0.9], "alrao_ranges": [[0.01, 1.0]],
+                "lr_free": [], "strategies": []},  # both: tests/tune/test_strategies.py
 }
 
 
@@ -112,7 +113,7 @@ def test_resume_with_other_settings_exits_2_and_writes_nothing(compared, tmp_pat
     uri, out, _ = compared
     shutil.copytree(out.parent / "runs", tmp_path / "runs")
     shutil.copyfile(out.parent / "mlflow.db", tmp_path / "mlflow.db")
-    state_file = next((tmp_path / "runs").glob("tinycmp/compare-*/compare.json"))
+    state_file = next((tmp_path / "runs").glob("tinycmp/compare-*/pipeline.json"))
     state = json.loads(state_file.read_text())
     assert state["settings"]  # the fingerprint of the runs it was started with
     state_file.write_text(json.dumps({**state, "status": "RUNNING"}))  # as if interrupted

@@ -343,18 +343,17 @@ STEPS_PER_EPOCH = 10  # ceil(300 / 32)
 
 @pytest.fixture(scope="module")
 def faulty(ray_local, tmp_path_factory):
+    from alrao_tune.bench.faults import faulty_trainable
+    from alrao_tune.tune.screen import screen
+
     tmp = tmp_path_factory.mktemp("faulty")
     marker = tmp / "crashed"
-    mp = pytest.MonkeyPatch()
-    mp.setenv("ALRAO_TUNE_FAULTS", json.dumps(
-        {"twin-b": f"crash_once:{marker}", "raiser": "raise", "nan": "nan"}))
-    try:
-        uri = f"sqlite:///{tmp}/mlflow.db"
-        code = main(["screen", str(write_space(tmp, FAULTY)), "--tracking-uri", uri,
-                     "--storage", str(tmp / "runs"), "--output", str(tmp / "out")])
-    finally:
-        mp.undo()
-    assert code == 0
+    # the faults come with the trainable (production code reads no fault setting)
+    trainable = faulty_trainable(
+        {"twin-b": f"crash_once:{marker}", "raiser": "raise", "nan": "nan"})
+    uri = f"sqlite:///{tmp}/mlflow.db"
+    screen(write_space(tmp, FAULTY), tracking_uri=uri, storage=tmp / "runs",
+           output=tmp / "out", progress=None, trainable=trainable)  # raises on failure
     results = json.loads((tmp / "out" / "results.json").read_text())
     return {"tmp": tmp, "uri": uri, "marker": marker, "results": results}
 
@@ -453,20 +452,6 @@ def test_concurrent_trials_log_every_value_exactly_once(faulty):
             list(range(1, epochs + 1))
     # what the driver-side callback accepted is exactly what the store holds
     assert logged == faulty["results"]["timings"]["stage1_mlflow_values"]
-
-
-def test_soak_tiny(ray_local, tmp_path):
-    from alrao_tune.bench.soak import soak
-
-    # seed 1: trial 0 crashes once, trial 1 raises
-    out = soak(n_trials=2, failure_rate=1.0, seed=1, tracking_uri=f"sqlite:///{tmp_path}/s.db",
-               storage=tmp_path / "runs", progress=None)
-    assert out["ok"], out
-    assert out["injected"] == {"crash_once": 1, "raise": 1}
-    assert out["trials"] == 2 and out["mlflow_runs"] == 2
-    assert out["completed"] == 1 and out["failed"] == 1 and out["retried"] == 1
-    assert out["retried"] == out["injected"]["crash_once"]
-    assert out["failed"] == out["injected"]["raise"]
 
 
 def test_ctrl_c_leaves_a_resumable_screening(ray_local, tmp_path):

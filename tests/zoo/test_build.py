@@ -32,10 +32,11 @@ SUITED = {
     "mlp": [VECTOR, IMAGE1, REGRESSION], "cnn1d": [VECTOR], "cnn_gru": [VECTOR],
     "cnn2d": [IMAGE3, IMAGE1], "mobilenet": [IMAGE3, IMAGE1], "inception": [IMAGE3, IMAGE1],
     "resnet": [IMAGE3, IMAGE1], "gru": [VECTOR, TOKENS, IMAGE1], "lstm": [VECTOR, TOKENS],
+    "transformer": [VECTOR, IMAGE3, IMAGE1, TOKENS],
 }
 # module types the Alrao optimizer can give per-feature learning rates
 ALRAO_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.LayerNorm,
-                nn.Embedding, nn.GRU, nn.LSTM)
+                nn.Embedding, nn.GRU, nn.LSTM, nn.MultiheadAttention)
 # small non-default variants, one per family
 VARIANTS: dict[str, dict[str, Any]] = {
     "mlp": {"widths": [16, 8], "activation": "gelu", "norm": "layer", "dropout": 0.1},
@@ -48,6 +49,8 @@ VARIANTS: dict[str, dict[str, Any]] = {
     "gru": {"hidden": 8, "layers": 2, "bidirectional": True, "dropout": 0.1},
     "lstm": {"hidden": 8, "layers": 2, "embedding_dim": 5},
     "cnn_gru": {"channels": [4, 8], "hidden": 8, "bidirectional": True, "norm": "batch"},
+    "transformer": {"dim": 8, "depth": 1, "heads": 2, "mlp_ratio": 1, "patch_size": 3,
+                    "pool": "mean", "dropout": 0.1},
 }
 CASES = [(f, info) for f, infos in SUITED.items() for info in infos]
 
@@ -77,7 +80,7 @@ def _expected_shape(info: DataInfo, n: int = 4) -> tuple[int, ...]:
 @pytest.mark.parametrize(("family", "info"), CASES, ids=[f"{f}-{i.kind}{i.input_shape}"
                                                           for f, i in CASES])
 def test_family_builds_runs_and_backprops(family: str, info: DataInfo, options: str) -> None:
-    if options == "variant" and info.kind == "tokens":
+    if options == "variant" and info.kind == "tokens" and family != "transformer":
         spec = {"family": family, **VARIANTS[family], "bidirectional": False}
     else:
         spec = {"family": family, **(VARIANTS[family] if options == "variant" else {})}
@@ -164,6 +167,8 @@ def test_user_builders() -> None:
     ({"builder": "tests.helpers_zoo"}, r"builder must look like 'package.module:function'"),
     ({"builder": "tests.helpers_zoo:tiny", "depth": 2}, r"does not accept .*'depth'"),
     ({"builder": "tests.helpers_zoo:bad_return"}, r"must return a ZooModel or a tuple"),
+    ({"family": "transformer", "dim": 10, "heads": 4},
+     r"option 'dim' \(10\) must be divisible by 'heads' \(4\)"),
 ])
 def test_bad_specs(spec: dict[str, Any], match: str) -> None:
     with pytest.raises(ArchError, match=match):
@@ -173,8 +178,10 @@ def test_bad_specs(spec: dict[str, Any], match: str) -> None:
 def test_unsuited_inputs() -> None:
     with pytest.raises(ArchError, match=r"family 'cnn2d' takes image inputs, but the dataset has "
                                         r"'vector' inputs of shape \(40,\); families for 'vector' "
-                                        r"inputs: mlp, cnn1d, gru, lstm, cnn_gru"):
+                                        r"inputs: mlp, cnn1d, gru, lstm, cnn_gru, transformer"):
         build_model({"family": "cnn2d"}, VECTOR)
+    with pytest.raises(ArchError, match=r"'patch_size' \(9\) must be at most the image side"):
+        build_model({"family": "transformer", "patch_size": 9}, IMAGE1)
     with pytest.raises(ArchError, match="'bidirectional' must be false for token inputs"):
         build_model({"family": "lstm", "bidirectional": True}, TOKENS)
     with pytest.raises(ArchError, match="must be a mapping"):
@@ -215,6 +222,8 @@ def _train(model: ZooModel, x: torch.Tensor, y: torch.Tensor, task: str) -> tupl
     ("digits", {}, {"family": "cnn2d", "channels": [8, 16]}),
     ("text", {"seq_len": 16}, {"family": "gru", "hidden": 32, "embedding_dim": 16}),
     ("synthetic", {"n_train": 256}, {"family": "mlp", "widths": [32]}),
+    ("digits", {}, {"family": "transformer", "dim": 16, "depth": 1, "heads": 2,
+                    "patch_size": 2}),
 ])
 def test_adam_lowers_training_loss(dataset: str, options: dict[str, Any], spec: dict[str, Any],
                                    tmp_path: Path) -> None:
