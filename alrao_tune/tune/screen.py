@@ -161,8 +161,9 @@ class _Screening:
     """The screening's own work inside the pipeline driver: its two stages, its tables."""
 
     def __init__(self, space: SearchSpace, archs: list[dict[str, Any]],
-                 register_model: str | None = None) -> None:
+                 register_model: str | None = None, *, log_winner: bool = True) -> None:
         self.space, self.archs, self.register_model = space, archs, register_model
+        self.log_winner = log_winner  # compare's two-stage strategy needs no model
         self.optuna: Any = None  # the Optuna storage of stage 2's studies
         self.optuna_url: str | None = None
         self.studies: dict[str, str] = {}
@@ -181,7 +182,8 @@ class _Screening:
         result = ScreenResult(space.name, t1, s1, t2, s2, board, p.tree.uri,
                               p.tree.experiment_id, dict(p.run_ids), dict(p.timings),
                               str(p.root))
-        result.model_uri = self._log_winner(p, pipeline_run, board, t1, t2)
+        if self.log_winner:
+            result.model_uri = self._log_winner(p, pipeline_run, board, t1, t2)
         result.optuna_storage, result.optuna_studies = self.optuna_url, self.studies
         _log_pipeline_artifacts(p.tree, pipeline_run, space, result)
         with _figures_folder(p.root) as folder:
@@ -219,6 +221,8 @@ class _Screening:
             p.say("  lr ranges (within {:g} decade(s) of Alrao's rate): {}".format(
                 s2.lr_window, ", ".join(f"{n} {lo:.2g}..{hi:.2g}"
                                         for n, (lo, hi) in ranges.items())))
+        if self.optuna is None:  # no storage opened by screen(): the studies in memory
+            self.optuna = optuna_storage.open_storage(None)
         studies = {n: optuna_storage.study_name(space.name, pipeline_run, n) for n in chosen}
         self.studies = studies
         p.tree.set_tags(run, {STUDIES_TAG: json.dumps(studies),
