@@ -54,7 +54,7 @@ def test_version(capsys):
 
 @pytest.mark.parametrize("argv,match", [
     (["train", "--dataset", "imagenet"], "imagenet"),
-    (["train", *BLOBS, "--arch", "transformer"], "transformer"),
+    (["train", *BLOBS, "--arch", "transformr"], "transformr"),
     (["train", *BLOBS, "--arch", '{"family": "mlp",'], "not valid JSON"),
     (["train", "--dataset", "cifar10", "--data-option", "path=/nonexistent/cifar"],
      "/nonexistent/cifar"),
