@@ -5,6 +5,7 @@ Python API (imported lazily, so ``import alrao_tune`` stays light)::
     import alrao_tune
     result = alrao_tune.screen("quickstart")   # a shipped space, or a YAML file: ScreenResult
     result.leaderboard                         # pandas DataFrame
+    model = alrao_tune.load_best("quickstart")  # the winner, a torch.nn.Module
     history = alrao_tune.fit({"dataset": "mnist1d", "arch": {"family": "cnn1d"}})
 
 Layers (each imports only those before it): ``alrao`` (the method, torch only), ``schema``
@@ -26,6 +27,7 @@ _LAZY = {
     "Trainer": ("alrao_tune.train", "Trainer"),
     "TrainConfig": ("alrao_tune.train", "TrainConfig"),
     "lr_find": ("alrao_tune.train", "lr_find"),
+    "load_best": ("alrao_tune.tracking.models", "load_best"),
     "load_space": ("alrao_tune.space", "load_space"),
     "AlraoTuneError": ("alrao_tune.errors", "AlraoTuneError"),
 }

@@ -78,11 +78,16 @@ def _parse_options(items: Sequence[str]) -> dict[str, Any]:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    from alrao_tune.data import load_dataset
     from alrao_tune.train import TrainConfig, Trainer
+    from alrao_tune.zoo import default_family
 
+    options = _parse_options(args.data_option)
+    data = load_dataset(args.dataset, seed=0, **options)
+    arch = _parse_arch(args.arch) if args.arch else {"family": default_family(data.kind)}
     raw: dict[str, Any] = {
-        "dataset": args.dataset, "dataset_options": _parse_options(args.data_option),
-        "arch": _parse_arch(args.arch), "method": args.method, "epochs": args.epochs,
+        "dataset": args.dataset, "dataset_options": options,
+        "arch": arch, "method": args.method, "epochs": args.epochs,
         "seed": args.seed, "batch_size": args.batch_size, "device": args.device,
         "momentum": args.momentum, "patience": args.patience, "min_epochs": args.min_epochs,
         "compile": args.compile,
@@ -93,7 +98,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     if args.schedule:
         raw["schedule"] = {"name": args.schedule}
     cfg = TrainConfig.from_dict(raw)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, data)
     if args.resume:
         trainer.restore(args.resume)
     bar = _progress_bar(cfg.epochs, enabled=not args.json and sys.stderr.isatty())
@@ -143,7 +148,7 @@ def cmd_screen(args: argparse.Namespace) -> int:
     result = screen(
         args.space, overrides=args.set, tracking_uri=args.tracking_uri, storage=args.storage,
         address=args.address, output=args.output, resume=args.resume,
-        progress=None if args.json else print)
+        progress=None if args.json else print, register_model=args.register_model)
     if args.json:
         _print_json(result.to_json())
         return 0
@@ -228,6 +233,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="alrao-tune",
         description="Screen architectures cheaply with Alrao, then tune only the best.")
+    from alrao_tune import __version__
+
+    parser.add_argument("--version", action="version", version=f"alrao-tune {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     _add_train(sub)
     _add_screen(sub)
@@ -248,8 +256,9 @@ def _add_train(sub: Any) -> None:
     t.add_argument("--dataset", default="mnist1d")
     t.add_argument("--data-option", action="append", default=[], metavar="KEY=VALUE",
                    help="dataset option, e.g. n_train=1000 or path=/data/cifar-10-batches-py")
-    t.add_argument("--arch", default="cnn1d",
-                   help="a family name (cnn1d), a JSON spec, or a builder module:function")
+    t.add_argument("--arch", help="a family name (cnn1d), a JSON spec, or a builder "
+                   "module:function (default: by the dataset's inputs: cnn1d for vectors, "
+                   "cnn2d for images, gru for tokens)")
     t.add_argument("--method", choices=("alrao", "sgd", "adam", *LR_FREE_METHODS),
                    default="alrao")
     t.add_argument("--lr", type=float)
@@ -277,7 +286,8 @@ def _add_job_options(p: argparse.ArgumentParser) -> None:
     """The options screen and compare share: overrides, stores, cluster, resume."""
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="override a YAML key, e.g. --set stage1.top_k=3")
-    p.add_argument("--tracking-uri", help="MLflow tracking URI (default sqlite:///./mlflow.db)")
+    p.add_argument("--tracking-uri", help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, "
+                   "else sqlite:///./mlflow.db)")
     p.add_argument("--storage", help="Ray Tune storage: a directory (shared by all nodes on "
                    "a cluster) or a URI such as s3://bucket/prefix, gs://..., file:///abs "
                    "(default ./alrao_runs)")
@@ -291,6 +301,8 @@ def _add_screen(sub: Any) -> None:
     _add_job_options(s)
     s.add_argument("--output", help="write leaderboard.csv, stage1/2.csv, results.json here")
     s.add_argument("--resume", action="store_true", help="finish the newest interrupted run")
+    s.add_argument("--register-model", metavar="NAME", help="register the winner's model "
+                   "in MLflow's model registry under NAME (it is logged in any case)")
     s.add_argument("--json", action="store_true", help="print results.json to stdout")
     s.set_defaults(func=cmd_screen)
 

@@ -59,6 +59,11 @@ NONFINITE_TAG = "alrao_tune.nonfinite_values"
 REPLAYED_TAG = "alrao_tune.replayed_results"
 BACKFILLED_TAG = "alrao_tune.backfilled_epochs"
 ORPHAN_TAG = "alrao_tune.orphaned"
+MODEL_TAG = "alrao_tune.model_uri"  # on a pipeline run: its winner, ``models:/<model id>``
+STUDIES_TAG = "alrao_tune.optuna_studies"  # on a stage-2 run: JSON {arch: study name}
+OPTUNA_STORAGE_TAG = "alrao_tune.optuna_storage"  # on a stage-2 run: the storage URL
+MODEL_NAME = "model"  # the logged winner's name (``mlflow.pytorch.log_model(name=...)``)
+WINNER_PREFIX = "winner/"  # the winner's metrics on the pipeline run: ``winner/test_acc``
 
 # -------------------------------------------------------------- trial results, checkpoints
 # The trainer state file inside every Tune trial checkpoint folder.

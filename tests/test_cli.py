@@ -34,6 +34,24 @@ def test_train_checkpoint_then_resume(tmp_path, capsys):
     assert [r["epoch"] for r in out["history"]] == [1, 2, 3]
 
 
+@pytest.mark.parametrize("dataset,family", [("digits", "cnn2d"), ("blobs", "cnn1d")])
+def test_train_picks_a_default_family_by_the_input_kind(dataset, family, capsys):
+    options = ["--data-option", "n_train=200"] if dataset == "blobs" else []
+    code = main(["train", "--dataset", dataset, *options, "--method", "alrao", "--epochs", "1",
+                 "--device", "cpu", "--json"])
+    assert code == 0
+    assert json.loads(capsys.readouterr().out)["config"]["arch"] == {"family": family}
+
+
+def test_version(capsys):
+    from alrao_tune import __version__
+
+    with pytest.raises(SystemExit) as exit_:
+        main(["--version"])
+    assert exit_.value.code == 0
+    assert capsys.readouterr().out.strip() == f"alrao-tune {__version__}"
+
+
 @pytest.mark.parametrize("argv,match", [
     (["train", "--dataset", "imagenet"], "imagenet"),
     (["train", *BLOBS, "--arch", "perceiver"], "perceiver"),  # no such family

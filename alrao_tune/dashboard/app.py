@@ -3,7 +3,8 @@
 Start it with ``alrao-tune ui`` (also serves MLflow's own UI and links to it; it runs this
 file with ``streamlit run``, also from an installed wheel) or, in a clone,
 ``streamlit run dashboards/app.py`` (a launcher of :func:`main`). The sidebar picks the
-tracking URI (default: env ``ALRAO_TUNE_TRACKING_URI``, else ``sqlite:///./mlflow.db``),
+tracking URI (default: env ``ALRAO_TUNE_TRACKING_URI``, else ``MLFLOW_TRACKING_URI``, else
+``sqlite:///./mlflow.db``),
 the MLflow UI address (env ``ALRAO_TUNE_MLFLOW_UI``, optional), the experiment and the
 pipeline run. Every table and series comes from :mod:`alrao_tune.report.store` /
 :mod:`alrao_tune.report.store_compare` (tested there by equality); this file only draws.
@@ -78,7 +79,8 @@ def sidebar() -> tuple[str, str, str | None, str | None]:
     bar = st.sidebar
     bar.title("alrao-tune")
     uri = bar.text_input("MLflow tracking URI", key="uri",
-                         value=os.environ.get("ALRAO_TUNE_TRACKING_URI") or DEFAULT_URI)
+                         value=os.environ.get("ALRAO_TUNE_TRACKING_URI")
+                         or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_URI)
     ui = bar.text_input("MLflow UI address (optional)", key="mlflow_ui",
                         value=os.environ.get("ALRAO_TUNE_MLFLOW_UI", ""))
     bar.button("Reload from MLflow", on_click=st.cache_data.clear)

@@ -1,9 +1,12 @@
-"""Figures drawn from the pure report functions' tables (matplotlib, headless).
+"""Figures: a pure ``*_info`` function computes each figure's data (tested by equality),
+a thin function draws it (matplotlib, headless).
 
-Nothing here computes: every function takes a table produced by
-:mod:`alrao_tune.report.screening` or :mod:`alrao_tune.report.compare` and only draws it.
-Figures are made without pyplot (``matplotlib.figure.Figure``): no backend is switched and
-no figure is left open in the caller's process.
+The inputs are tables from :mod:`alrao_tune.report.screening` or
+:mod:`alrao_tune.report.compare`. Readable whatever the data: the proxy-vs-truth scatter is
+drawn rank against rank (one architecture far off cannot squash the others into a corner;
+one row per rank, so labels cannot overlap), compute is on a logarithmic axis. Figures are
+made without pyplot (``matplotlib.figure.Figure``): no backend is switched and no figure is
+left open in the caller's process.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 
@@ -20,20 +24,72 @@ def _figure(**kwargs: Any) -> Any:
     return Figure(**kwargs)
 
 
+def scatter_info(data: pd.DataFrame) -> pd.DataFrame:
+    """The scatter's points: ``arch, truth_rank, proxy_rank, finite`` sorted by truth rank.
+
+    Ranks are 1 = best (lowest loss); ties are broken by architecture name so that every
+    rank, hence every label row, is used once; a diverged (infinite or NaN) score ranks
+    last and is flagged ``finite=False`` (drawn hollow).
+    """
+    frame = data[["arch", "proxy", "truth"]].sort_values("arch", kind="stable").copy()
+    finite = np.isfinite(frame["proxy"].astype(float)) & np.isfinite(frame["truth"].astype(float))
+    for col in ("truth", "proxy"):
+        values = frame[col].astype(float).where(lambda v: np.isfinite(v), np.inf)
+        frame[f"{col}_rank"] = values.rank(method="first").astype(int)
+    frame["finite"] = finite.to_numpy()
+    out = frame[["arch", "truth_rank", "proxy_rank", "finite"]]
+    return out.sort_values("truth_rank", kind="stable").reset_index(drop=True)
+
+
 def scatter(data: pd.DataFrame, path: Path, fidelity: pd.DataFrame | None = None) -> Path:
-    """Proxy score vs ground truth per architecture (``report_compare.scatter_data``)."""
-    fig = _figure(figsize=(5.5, 4.5), dpi=110)
+    """Proxy rank against truth rank per architecture (``report_compare.scatter_data``):
+    on the diagonal the proxy ranks like the truth."""
+    info = scatter_info(data)
+    n = max(len(info), 1)
+    fig = _figure(figsize=(6.5, max(3.0, 0.32 * n + 1.2)), dpi=110)
     ax = fig.subplots()
-    finite = data[data["proxy"].abs() < float("inf")]
-    ax.scatter(finite["truth"], finite["proxy"], s=22)
-    for row in finite.itertuples():
-        ax.annotate(row.arch, (row.truth, row.proxy), fontsize=7, alpha=0.8)
-    ax.set_xlabel("truth: best SGD validation loss over the grid (seed mean)")
-    ax.set_ylabel("Alrao validation loss (seed mean)")
+    ax.plot([1, n], [1, n], color="0.7", lw=1, ls="--", zorder=0)
+    ok = info[info["finite"]]
+    ax.scatter(ok["truth_rank"], ok["proxy_rank"], s=22)
+    bad = info[~info["finite"]]
+    ax.scatter(bad["truth_rank"], bad["proxy_rank"], s=22, facecolors="none",
+               edgecolors="C3", label="diverged")
+    for row in info.itertuples():
+        ax.annotate(row.arch, (row.truth_rank, row.proxy_rank), xytext=(5, 0),
+                    textcoords="offset points", va="center", fontsize=7)
+    ax.set_xlim(0.5, n + 0.5 + 0.25 * n)
+    ax.set_ylim(n + 0.5, 0.5)  # rank 1 at the top
+    ax.set_xlabel("truth rank: best SGD validation loss over the grid (seed mean)")
+    ax.set_ylabel("Alrao rank (seed mean)")
+    if len(bad):
+        ax.legend(fontsize=7)
     if fidelity is not None and "alrao" in set(fidelity["proxy"]):
         row = fidelity[fidelity["proxy"] == "alrao"].iloc[0]
         ax.set_title(f"Alrao proxy vs grid: Kendall τ = {row['tau_avg']:.2f}, "
                      f"Spearman ρ = {row['rho_avg']:.2f}", fontsize=9)
+    return _save(fig, path)
+
+
+def compute_info(costs: pd.DataFrame) -> pd.DataFrame:
+    """The compute figure's bars (``report_compare.compute_costs``): ``proxy,
+    trial_seconds, share_of_grid``, cheapest first, proxies that cost nothing left out
+    (a log axis cannot show 0)."""
+    frame = costs[costs["trial_seconds"] > 0][["proxy", "trial_seconds", "share_of_grid"]]
+    return frame.sort_values(["trial_seconds", "proxy"], kind="stable").reset_index(drop=True)
+
+
+def compute(costs: pd.DataFrame, path: Path) -> Path:
+    """Trial-seconds per proxy and of the full grid, on a logarithmic axis."""
+    info = compute_info(costs)
+    fig = _figure(figsize=(6, max(2.5, 0.3 * len(info) + 1)), dpi=110)
+    ax = fig.subplots()
+    ax.barh(info["proxy"], info["trial_seconds"], color="C0")
+    for y, row in enumerate(info.itertuples()):
+        ax.annotate(f"{100 * row.share_of_grid:.0f} % of the grid", (row.trial_seconds, y),
+                    xytext=(4, 0), textcoords="offset points", va="center", fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel("trial-seconds (log scale)")
+    ax.margins(x=0.3)
     return _save(fig, path)
 
 

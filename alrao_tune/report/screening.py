@@ -74,12 +74,9 @@ def best_trials(trials: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
         where ``seed_trial_rank`` is the rank among its architecture's trials of the trial
         that started from the Alrao effective learning rate (1 = it was the best).
     """
-    column = f"best_{metric}"
     rows = []
     for arch, group in trials.groupby("arch", sort=True):
-        bad = group["status"].isin(BAD_STATUSES) | group[column].isna()
-        scores = group[column].where(~bad, _worst(mode))
-        order = scores.sort_values(ascending=mode == "min", kind="stable").index
+        bad, scores, order = _trial_order(group, metric, mode)
         best = group.loc[order[0]]
         seed_rank = (
             list(order).index(group.index[group["seeded"]][0]) + 1
@@ -94,6 +91,28 @@ def best_trials(trials: pd.DataFrame, metric: str, mode: str) -> pd.DataFrame:
             "trial_seconds": float(group["time_total_s"].sum()), "seed_trial_rank": seed_rank,
         })
     return pd.DataFrame(rows)
+
+
+def _trial_order(group: pd.DataFrame, metric: str, mode: str
+                 ) -> tuple[pd.Series, pd.Series, pd.Index]:
+    """(bad flags, scores with bad trials worst, index best first) of one arch's trials."""
+    column = f"best_{metric}"
+    bad = group["status"].isin(BAD_STATUSES) | group[column].isna()
+    scores = group[column].where(~bad, _worst(mode))
+    return bad, scores, scores.sort_values(ascending=mode == "min", kind="stable").index
+
+
+def winner_trial(board: pd.DataFrame, trials: pd.DataFrame, metric: str,
+                 mode: str) -> pd.Series | None:
+    """The trial behind the leaderboard's first row: its architecture's best trial in
+    ``trials`` (the row :func:`best_trials` reports), or None when it has no usable one."""
+    if board.empty or trials is None or trials.empty:
+        return None
+    group = trials[trials["arch"] == board.iloc[0]["arch"]]
+    if group.empty:
+        return None
+    bad, _, order = _trial_order(group, metric, mode)
+    return None if bad[order[0]] else group.loc[order[0]]
 
 
 def leaderboard(stage1: pd.DataFrame, stage2: pd.DataFrame | None, mode: str) -> pd.DataFrame:

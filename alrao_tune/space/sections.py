@@ -229,6 +229,9 @@ class Stage2(_Model):
     # (inside lr.low..lr.high); null: the whole lr range
     lr_window: float | None = Field(None, gt=0)
     metric: Literal["val_loss", "val_acc"] = "val_loss"
+    # where the Optuna studies live: null = an optuna.db beside the MLflow SQLite store
+    # (or in --storage), "memory", or any Optuna RDB URL (sqlite:////abs/optuna.db, ...)
+    storage: str | None = None
 
     @model_validator(mode="after")
     def _momentum_below_one(self) -> Stage2:

@@ -272,10 +272,15 @@ class MLflowTrialCallback(Callback):
         self.run_ids.update(state.get("run_ids", {}))
 
     def close(self) -> None:
-        """Ends every still-open run KILLED and waits until everything is written."""
-        for trial_id in list(self._trials):
-            self._finish(trial_id, "KILLED")
-        self._writer.close()
+        """Ends every still-open run KILLED and waits until everything is written; raises
+        the store's fatal error (e.g. a server that never came back) if there was one."""
+        try:
+            for trial_id in list(self._trials):
+                self._finish(trial_id, "KILLED")
+        finally:
+            self._writer.close()
+        if self._writer.fatal is not None:
+            raise self._writer.fatal
 
     def _open(self, trial: Any) -> _TrialRun:
         if (run := self._trials.get(trial.trial_id)) is None:

@@ -32,7 +32,10 @@ RUN_STATUSES = ("FINISHED", "FAILED", "KILLED")
 # What the command line and the dashboard put into their environment (kept when set):
 # no "View run" URL printed per created run, no progress bar per downloaded artifact.
 MLFLOW_ENV_DEFAULTS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
-                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+                       "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                       # MLflow's own HTTP retries back off for minutes; alrao_tune's
+                       # (tracking.retry) reconnect to a restarted server within 5 s
+                       "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 MAX_PARAM_LEN, MAX_TAG_LEN, MAX_KEY_LEN = 6000, 8000, 250  # MLflow's limits
 BATCH_ENTITIES, BATCH_TAGS = 1000, 100  # per log_batch call: all entities; params or tags
 
@@ -82,10 +85,15 @@ def sqlite_path(uri: str) -> Path | None:
 
 
 def mlflow_client(uri: str) -> MlflowClient:
-    """A new ``MlflowClient`` for ``uri``."""
+    """A new ``MlflowClient`` for ``uri``; an http(s) store's calls survive a server
+    restart (:mod:`alrao_tune.tracking.retry`)."""
     from mlflow import MlflowClient
 
-    return MlflowClient(uri)
+    if not uri.startswith(("http://", "https://")):
+        return MlflowClient(uri)
+    from alrao_tune.tracking.retry import RetryingClient
+
+    return RetryingClient(MlflowClient(uri), uri)  # type: ignore[return-value]
 
 
 def check_reachable(uri: str, timeout_s: float = 3.0) -> None:

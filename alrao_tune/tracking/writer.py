@@ -2,7 +2,10 @@
 
 Workers need no MLflow access and a slow store does not hold up Tune's event loop (a
 function trial waits in ``tune.report`` until the driver has handled it). A failed write
-is logged as a warning (a tracking hiccup must not stop training); :meth:`call` and
+is logged as a warning (a tracking hiccup must not stop training), except a
+:class:`~alrao_tune.tracking.runs.TrackingError` (the store is gone for good, e.g. a server
+that did not come back within ``tracking.retry``'s budget): it becomes :attr:`fatal`,
+nothing more is tried, and every later submit, call or wait raises it. :meth:`call` and
 :meth:`wait` let the callback wait where it must (Tune's experiment checkpoint).
 """
 
@@ -17,6 +20,8 @@ from collections.abc import Callable
 from concurrent.futures import Future
 from typing import Any
 
+from alrao_tune.tracking.runs import TrackingError
+
 log = logging.getLogger(__name__)
 
 
@@ -26,15 +31,22 @@ class BackgroundWriter:
     def __init__(self, background: bool) -> None:
         self.background = background
         self.stats = {"calls": 0, "write_s": 0.0, "errors": 0}
+        self.fatal: Exception | None = None  # a TrackingError: the store is gone
         self._queue: queue.Queue = queue.Queue()
         self._thread: threading.Thread | None = None
 
     def submit(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Queues ``fn(*args)``; a failure is logged as a warning, never raised."""
+        """Queues ``fn(*args)``; a failure is logged as a warning (see :attr:`fatal`)."""
+        self._raise_fatal()
         self._put(functools.partial(fn, *args), None)
+
+    def _raise_fatal(self) -> None:
+        if self.fatal is not None:
+            raise self.fatal
 
     def call(self, fn: Callable[..., Any], *args: Any) -> Any:
         """Runs ``fn(*args)`` after everything queued; returns its result or raises."""
+        self._raise_fatal()
         future: Future = Future()
         self._put(functools.partial(fn, *args), future)
         return future.result()
@@ -60,11 +72,18 @@ class BackgroundWriter:
             self._run(*item)
 
     def _run(self, fn: Callable[[], Any], future: Future | None) -> None:
+        if self.fatal is not None:  # the store is gone: nothing more is tried
+            self.stats["errors"] += 1
+            if future is not None:
+                future.set_exception(self.fatal)
+            return
         start = time.perf_counter()
         try:
             out = fn()
         except Exception as exc:  # noqa: BLE001 - a tracking hiccup must not stop training
             self.stats["errors"] += 1
+            if isinstance(exc, TrackingError) and self.fatal is None:
+                self.fatal = exc  # the next submit or call raises it
             if future is None:
                 name = getattr(getattr(fn, "func", fn), "__name__", "call")
                 log.warning("MLflow write %s failed: %s", name, exc)

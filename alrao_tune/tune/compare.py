@@ -285,12 +285,15 @@ def write_outputs(result: CompareResult, output: Path, tree: Any | None = None) 
         if alrao is not None:
             figures.scatter(report_compare.scatter_data(alrao, truth),
                             output / f"scatter-momentum{m}.png", rep["fidelity"])
+        figures.compute(report_compare.compute_costs(result.trials, m),
+                        output / f"compute-momentum{m}.png")
         curves = result.curves[result.curves["proxy"].isin(["alrao", f"sgd_m{m:g}"])]
         if len(curves):
             figures.lr_curves(curves, output / f"curves-momentum{m}.png")
         if tree is not None:
             tree.log_artifact(result.run_ids["compare"], output / f"report-momentum{m}.md")
-            for name in (f"scatter-momentum{m}.png", f"curves-momentum{m}.png"):
+            for name in (f"scatter-momentum{m}.png", f"curves-momentum{m}.png",
+                         f"compute-momentum{m}.png"):
                 if (output / name).exists():
                     tree.log_artifact(result.run_ids["compare"], output / name, "figures")
 

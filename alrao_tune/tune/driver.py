@@ -14,7 +14,8 @@
 4. whatever happens, every run it opened ends and the state file records the outcome:
    FINISHED, FAILED, or KILLED on Ctrl-C (``KeyboardInterrupt``: resumable).
 
-Progress lines go to ``progress`` (default: this module's logger at INFO).
+Progress lines go to ``progress`` (default: this module's logger at INFO); with ``print``
+on a terminal each stage also gets a progress bar (:mod:`alrao_tune.tune.progress`).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from alrao_tune import tracking
 from alrao_tune.schema import KIND_TAG
 from alrao_tune.space import SearchSpace
 from alrao_tune.tune import stages
+from alrao_tune.tune.progress import progress_callback
 from alrao_tune.tune.resume import (
     JobState,
     announce_resume,
@@ -226,28 +228,3 @@ def run_pipeline(kind: str, space: SearchSpace, settings: Any,
             state = JobState.create(base, kind, fingerprint)
         pipeline = Pipeline(tree, state, say, resume=resume, trainable=trainable)
         return pipeline.run(kind, name, params, body)
-
-
-def progress_callback(say: Progress, label: str, total: int | None,
-                      name_fn: Callable[[Any], str], start: int = 0) -> Any:
-    """A Tune callback that says one line per ended trial (``[label] i/total name: ...``)."""
-    from ray import tune
-
-    class ProgressLines(tune.Callback):
-        def __init__(self) -> None:
-            self.done = start
-
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **kw: Any):
-            self.done += 1
-            r = trial.last_result or {}
-            say(f"  [{label}] {self.done}/{total or len(trials)} {name_fn(trial)}: "
-                f"val_loss={r.get('best_val_loss', float('nan')):.4f} "
-                f"val_acc={r.get('best_val_acc', float('nan')):.3f} "
-                f"({r.get('run_status', r.get('status', 'stopped'))}, "
-                f"{r.get('time_total_s', 0):.0f}s)")
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **kw: Any):
-            self.done += 1
-            say(f"  [{label}] {self.done}/{total or len(trials)} {name_fn(trial)}: FAILED")
-
-    return ProgressLines()

@@ -43,8 +43,9 @@ from typing import Any
 import pandas as pd
 
 from alrao_tune.report import screening
+from alrao_tune.schema import OPTUNA_STORAGE_TAG, STUDIES_TAG
 from alrao_tune.space import SearchSpace, load_space
-from alrao_tune.tune import stages
+from alrao_tune.tune import optuna_storage, stages
 from alrao_tune.tune.driver import Pipeline, Progress, Trainable, json_value, run_pipeline
 from alrao_tune.tune.preflight import preflight
 from alrao_tune.tune.runner import TuneJob
@@ -70,6 +71,9 @@ class ScreenResult:
     run_ids: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
     storage: str = ""
+    model_uri: str | None = None  # the winner, logged with mlflow.pytorch (None: not logged)
+    optuna_storage: str | None = None  # the RDB URL of stage 2's studies (None: in memory)
+    optuna_studies: dict[str, str] = field(default_factory=dict)  # arch -> study name
 
     def to_json(self) -> dict[str, Any]:
         """A JSON-able dict (NaN/inf become None)."""
@@ -83,7 +87,9 @@ class ScreenResult:
             "space": self.space, "tracking_uri": self.tracking_uri,
             "experiment_id": self.experiment_id, "run_ids": self.run_ids,
             "timings": {k: json_value(v) for k, v in self.timings.items()},
-            "storage": self.storage, "leaderboard": rows(self.leaderboard),
+            "storage": self.storage, "model_uri": self.model_uri,
+            "optuna_storage": self.optuna_storage, "optuna_studies": self.optuna_studies,
+            "leaderboard": rows(self.leaderboard),
             "stage1": rows(self.stage1), "stage2": rows(self.stage2),
             "stage1_trials": rows(self.stage1_trials), "stage2_trials": rows(self.stage2_trials),
         }
@@ -100,6 +106,7 @@ def screen(
     resume: bool = False,
     progress: Progress | None = None,
     trainable: Trainable | None = None,
+    register_model: str | None = None,
 ) -> ScreenResult:
     """Runs the two-stage screening of a search space; see the module docstring.
 
@@ -115,6 +122,14 @@ def screen(
         progress: where progress lines go (default: the driver's logger, at INFO).
         trainable: the Tune trainable of every trial (default
             :func:`~alrao_tune.tune.trainable.train_trial`; tests pass a faulty one).
+        register_model: register the winner's model under this name in MLflow's model
+            registry. The winner (the best trial of the leaderboard's first architecture,
+            weights of its best validation epoch) is logged as an MLflow model under the
+            pipeline run in any case (``ScreenResult.model_uri``;
+            :func:`alrao_tune.load_best` loads it back).
+
+    Stage 2's Optuna studies go to ``stage2.storage`` (default: ``optuna.db`` beside the
+    MLflow SQLite store; :mod:`alrao_tune.tune.optuna_storage`).
 
     Raises:
         SpaceError, ConfigError, DatasetError, ArchError, ResumeError, CheckpointError,
@@ -125,8 +140,15 @@ def screen(
         space = load_space(space, overrides)
     archs = space.architectures_resolved()
     preflight(space, archs)
+    body = _Screening(space, archs, register_model)
+    if space.stage2.enabled:
+        from alrao_tune.tracking import default_tracking_uri
+
+        body.optuna_url = optuna_storage.storage_url(
+            space.stage2.storage, tracking_uri or default_tracking_uri(), Location.parse(storage))
+        body.optuna = optuna_storage.open_storage(body.optuna_url)
     result = run_pipeline(
-        "pipeline", space, space.model_dump(mode="json"), _Screening(space, archs).run,
+        "pipeline", space, space.model_dump(mode="json"), body.run,
         name=f"screen {space.name}", params=_space_params(space), stage_labels=STAGES,
         tracking_uri=tracking_uri, storage=storage, address=address, resume=resume,
         progress=progress, trainable=trainable)
@@ -138,8 +160,13 @@ def screen(
 class _Screening:
     """The screening's own work inside the pipeline driver: its two stages, its tables."""
 
-    def __init__(self, space: SearchSpace, archs: list[dict[str, Any]]) -> None:
-        self.space, self.archs = space, archs
+    def __init__(self, space: SearchSpace, archs: list[dict[str, Any]],
+                 register_model: str | None = None, *, log_winner: bool = True) -> None:
+        self.space, self.archs, self.register_model = space, archs, register_model
+        self.log_winner = log_winner  # compare's two-stage strategy needs no model
+        self.optuna: Any = None  # the Optuna storage of stage 2's studies
+        self.optuna_url: str | None = None
+        self.studies: dict[str, str] = {}
 
     def run(self, p: Pipeline, pipeline_run: str) -> ScreenResult:
         space = self.space
@@ -155,6 +182,9 @@ class _Screening:
         result = ScreenResult(space.name, t1, s1, t2, s2, board, p.tree.uri,
                               p.tree.experiment_id, dict(p.run_ids), dict(p.timings),
                               str(p.root))
+        if self.log_winner:
+            result.model_uri = self._log_winner(p, pipeline_run, board, t1, t2)
+        result.optuna_storage, result.optuna_studies = self.optuna_url, self.studies
         _log_pipeline_artifacts(p.tree, pipeline_run, space, result)
         with _figures_folder(p.root) as folder:
             _log_figures(p.tree, pipeline_run, space, result, folder)
@@ -191,20 +221,45 @@ class _Screening:
             p.say("  lr ranges (within {:g} decade(s) of Alrao's rate): {}".format(
                 s2.lr_window, ", ".join(f"{n} {lo:.2g}..{hi:.2g}"
                                         for n, (lo, hi) in ranges.items())))
+        if self.optuna is None:  # no storage opened by screen(): the studies in memory
+            self.optuna = optuna_storage.open_storage(None)
+        studies = {n: optuna_storage.study_name(space.name, pipeline_run, n) for n in chosen}
+        self.studies = studies
+        p.tree.set_tags(run, {STUDIES_TAG: json.dumps(studies),
+                              OPTUNA_STORAGE_TAG: self.optuna_url or "memory"})
         searcher = PerArchSearch(
-            {n: stages.stage2_searcher(space, metric, mode, first[n], ranges[n])
-             for n in chosen},
+            {n: stages.stage2_searcher(space, metric, mode, ranges[n], storage=self.optuna,
+                                       study_name=studies[n]) for n in chosen},
             {n: stages.stage2_param_space(space, by_name[n]) for n in chosen},
-            budget=s2.trials_per_arch, metric=metric, mode=mode)
+            budget=s2.trials_per_arch, metric=metric, mode=mode,
+            studies={n: (self.optuna, studies[n]) for n in chosen},
+            first_points={n: {"lr": first[n]} for n in chosen if first[n] is not None})
         job = TuneJob(
             name="stage2", param_space={}, storage=p.root,
             resources=space.resources.model_dump(), metric=metric, mode=mode,
             num_samples=s2.trials_per_arch * len(chosen), search_alg=searcher)
         frame = p.stage(job, run, "stage2", name_fn=_trial_name, total=job.num_samples)
+        if orphans := optuna_storage.close_studies(self.optuna, list(studies.values())):
+            p.say(f"  {orphans} Optuna trial(s) a kill left RUNNING ended FAIL")
         frame["seeded"] = [first.get(a) is not None and math.isclose(v, first[a], rel_tol=1e-9)
                            for a, v in zip(frame["arch"], frame["lr"])]
         p.end_run(run)
         return frame
+
+
+    def _log_winner(self, p: Pipeline, run_id: str, board: pd.DataFrame, t1: pd.DataFrame,
+                    t2: pd.DataFrame | None) -> str | None:
+        from alrao_tune.tune.winner import log_winner
+
+        space = self.space
+        label, trials, metric, mode = (
+            ("stage2", t2, space.stage2.metric, space.stage2_mode) if t2 is not None
+            else ("stage1", t1, space.stage1.metric, space.stage1_mode))
+        trial = screening.winner_trial(board, trials, metric, mode)
+        if trial is None:
+            p.say("no winner to log: the first architecture has no usable trial")
+            return None
+        return log_winner(p.tree, run_id, p.root / label, trial, self.register_model, p.say)
 
 
 def _trial_name(trial: Any) -> str:

@@ -117,10 +117,13 @@ def lr_bounds(space: SearchSpace, lr_eff: float) -> tuple[float, float]:
     return max(low, centre / 10**s2.lr_window), min(high, centre * 10**s2.lr_window)
 
 
-def stage2_searcher(space: SearchSpace, metric: str, mode: str, first_lr: float | None,
-                    lr_range: tuple[float, float] | None = None) -> Any:
+def stage2_searcher(space: SearchSpace, metric: str, mode: str,
+                    lr_range: tuple[float, float] | None = None, *, storage: Any = None,
+                    study_name: str | None = None) -> Any:
     """OptunaSearch over lr (log; ``lr_range`` or ``stage2.lr``) and the opened momentum /
-    weight decay ranges."""
+    weight decay ranges, on the study ``study_name`` of ``storage`` (an Optuna storage,
+    see :mod:`alrao_tune.tune.optuna_storage`; None: a new in-memory study). The first
+    point (Alrao's rate) is enqueued by :class:`~alrao_tune.tune.search.PerArchSearch`."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
@@ -136,9 +139,8 @@ def stage2_searcher(space: SearchSpace, metric: str, mode: str, first_lr: float 
         sampler = optuna.samplers.RandomSampler(seed=s2.seed)
     else:
         sampler = optuna.samplers.TPESampler(seed=s2.seed)
-    points = [{"lr": first_lr}] if first_lr is not None else None
     return OptunaSearch(space=dists, metric=metric, mode=mode, sampler=sampler,
-                        points_to_evaluate=points)
+                        storage=storage, study_name=study_name)
 
 
 def safe_name(text: str) -> str:

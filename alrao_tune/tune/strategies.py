@@ -130,7 +130,7 @@ def _two_stage(ctx: StrategyContext, strategy: str, repeat: int, run: str) -> pd
                             settings_fingerprint(variant.model_dump(mode="json")))
     result = Pipeline(ctx.tree, state, ctx.say, resume=False).run(
         "pipeline", f"screen {variant.name}", _space_params(variant),
-        _Screening(variant, archs).run, parent_run_id=run)
+        _Screening(variant, archs, log_winner=False).run, parent_run_id=run)
     root = Location.parse(result.storage)
     stage1, stage2 = _grid_log(root, "stage1"), _grid_log(root, "stage2")
     return anytime.two_stage_logs(stage1, stage2, list(result.stage1["arch"]), KS, strategy)

@@ -10,6 +10,7 @@ from alrao_tune.zoo.build import (
     arch_name,
     build_model,
     count_parameters,
+    default_family,
     family_defaults,
     validate_spec,
 )
@@ -21,6 +22,7 @@ __all__ = [
     "arch_name",
     "build_model",
     "count_parameters",
+    "default_family",
     "family_defaults",
     "validate_spec",
 ]

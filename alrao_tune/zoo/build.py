@@ -148,6 +148,15 @@ _KINDS: dict[str, tuple[str, ...]] = {
 }
 
 
+# The family ``alrao-tune train`` uses when no --arch is given, by the dataset's input kind.
+DEFAULT_FAMILY = {"vector": "cnn1d", "image": "cnn2d", "tokens": "gru"}
+
+
+def default_family(kind: str) -> str:
+    """The default family for ``vector``, ``image`` or ``tokens`` inputs."""
+    return DEFAULT_FAMILY[kind]
+
+
 def family_defaults(family: str) -> dict[str, Any]:
     """Options of ``family`` with their defaults (``strides=None``: 1, then 2 per block)."""
     return {key: default for key, default, _ in _SCHEMAS[_check_family(family)]}

@@ -34,11 +34,15 @@ def store(ray_local, tmp_path_factory) -> Store:
     return dashboard_store(tmp_path_factory)
 
 
-def run_app(monkeypatch: pytest.MonkeyPatch, uri: str, app: Path = APP, **selected: str):
-    """The app run once headless on ``uri`` (sidebar widgets set by key, then rerun)."""
+def run_app(monkeypatch: pytest.MonkeyPatch, uri: str, app: Path = APP,
+            env: str = "ALRAO_TUNE_TRACKING_URI", **selected: str):
+    """The app run once headless on ``uri`` (given in the variable ``env``; sidebar widgets
+    set by key, then rerun)."""
     from streamlit.testing.v1 import AppTest
 
-    monkeypatch.setenv("ALRAO_TUNE_TRACKING_URI", uri)
+    for name in ("ALRAO_TUNE_TRACKING_URI", "MLFLOW_TRACKING_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv(env, uri)
     monkeypatch.setenv("ALRAO_TUNE_MLFLOW_UI", "http://127.0.0.1:5055")
     at = AppTest.from_file(str(app), default_timeout=120)
     at.run()
@@ -95,6 +99,13 @@ def test_app_messages_for_store_problems(monkeypatch, tmp_path, mlflow_uri):
     at = run_app(monkeypatch, f"sqlite:///{tmp_path}/none/mlflow.db")
     assert not at.exception
     assert "no MLflow store at" in at.info[0].value
+
+
+def test_app_follows_mlflow_tracking_uri(monkeypatch, mlflow_uri):
+    at = run_app(monkeypatch, mlflow_uri, env="MLFLOW_TRACKING_URI")
+    assert not at.exception
+    assert at.sidebar.text_input(key="uri").value == mlflow_uri
+    assert "holds no screening yet" in at.info[0].value
 
 
 def test_the_clone_launcher_runs_the_same_app(monkeypatch, mlflow_uri):
@@ -189,6 +200,45 @@ class Chromium:
         self.ws.close()
         os.killpg(self.proc.pid, signal.SIGTERM)
         self.proc.wait(timeout=20)
+
+
+def _wait_for_text(browser: Chromium, text: str, timeout_s: float) -> str:
+    deadline, body = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        body = browser.js("document.body ? document.body.innerText : ''") or ""
+        if text in body:
+            break
+        time.sleep(0.5)
+    return body
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium (see below)")
+def test_streamlit_run_follows_mlflow_tracking_uri(store, tmp_path):
+    """`streamlit run dashboards/app.py` with only MLFLOW_TRACKING_URI set shows that store."""
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if k != "ALRAO_TUNE_TRACKING_URI"}
+    env["MLFLOW_TRACKING_URI"] = store.uri
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(LAUNCHER), "--server.headless", "true",
+         "--server.address", "127.0.0.1", "--server.port", str(port),
+         "--browser.gatherUsageStats", "false"], cwd=tmp_path, env=env,
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 60
+        while not ui._answers(f"http://127.0.0.1:{port}/_stcore/health"):
+            assert proc.poll() is None and time.monotonic() < deadline, "streamlit did not start"
+            time.sleep(0.3)
+        browser = Chromium(f"http://127.0.0.1:{port}", tmp_path / "profile")
+        try:
+            winner = store.results["leaderboard"][0]["arch"]
+            text = _wait_for_text(browser, winner, 90)
+        finally:
+            browser.close()
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=30)
+    assert winner in text and "Traceback" not in text, text[:2000]
 
 
 @pytest.fixture

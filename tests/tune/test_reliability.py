@@ -252,6 +252,28 @@ def test_every_metric_value_arrived_exactly_once(killed):
             list(range(1, EPOCHS + 1))
 
 
+def test_resume_continued_the_optuna_studies(killed):
+    import optuna
+    from optuna.trial import TrialState
+
+    results = killed["results"]
+    storage = results["optuna_storage"]
+    assert storage == killed["uri"].replace("mlflow.db", "optuna.db")
+    # the resumes continued the studies the killed invocation created: no new ones
+    assert sorted(optuna.get_all_study_names(storage)) == \
+        sorted(results["optuna_studies"].values())
+    for arch, name in results["optuna_studies"].items():
+        study = optuna.load_study(study_name=name, storage=storage)
+        states = [t.state for t in study.trials]
+        # nothing left running or waiting; anything not COMPLETE is a trial the kill took
+        # before Tune saved it (its configuration was handed out again)
+        assert set(states) <= {TrialState.COMPLETE, TrialState.FAIL}
+        complete = sorted(t.params["lr"] for t in study.trials
+                          if t.state == TrialState.COMPLETE)
+        want = sorted(t["lr"] for t in results["stage2_trials"] if t["arch"] == arch)
+        assert complete == pytest.approx(want, rel=1e-12)
+
+
 def test_resume_with_a_corrupted_checkpoint_exits_2_and_writes_nothing(killed, capsys):
     from alrao_tune.tune.runner import experiment_trials
 

@@ -51,7 +51,8 @@ def screened(ray_local, tmp_path_factory):
     space = write_space(tmp, TINY)
     # stage 2 searches within half a decade of each architecture's Alrao rate
     code = main(["screen", str(space), "--tracking-uri", uri, "--storage", str(tmp / "runs"),
-                 "--output", str(tmp / "out"), "--json", "--set", "stage2.lr_window=0.5"])
+                 "--output", str(tmp / "out"), "--json", "--set", "stage2.lr_window=0.5",
+                 "--register-model", "tiny-winner"])
     assert code == 0
     return uri, tmp / "out", json.loads((tmp / "out" / "results.json").read_text())
 
@@ -112,6 +113,65 @@ def test_leaderboard_ranks_by_the_documented_score(screened):
     assert len(board) == 1 + 3
     first = results["leaderboard"][0]
     assert first["stage2_rank"] == 1 and not math.isnan(first["best_lr"])
+
+
+def test_the_winner_is_an_mlflow_model_that_reproduces_the_leaderboard(screened):
+    import mlflow
+    import torch
+
+    import alrao_tune
+    from alrao_tune.data import load_dataset
+
+    uri, _, results = screened
+    winner = results["leaderboard"][0]
+    options = TINY["dataset"]["options"]
+    data = load_dataset("blobs", seed=0, **options)
+    mlflow.set_tracking_uri(uri)
+    try:
+        model = mlflow.pytorch.load_model(results["model_uri"])
+    finally:
+        mlflow.set_tracking_uri("")
+    with torch.no_grad():
+        acc = float((model(data.x_test).argmax(-1) == data.y_test).double().mean())
+    # the logged weights are those of the best validation epoch: the leaderboard's test acc
+    assert acc == pytest.approx(winner["test_acc"], abs=1e-9)
+    # load_best finds the same model by experiment name and by registered name
+    by_name = alrao_tune.load_best("tiny", tracking_uri=uri)
+    registered = alrao_tune.load_best(registered_name="tiny-winner", tracking_uri=uri)
+    for other in (by_name, registered):
+        for a, b in zip(model.state_dict().values(), other.state_dict().values()):
+            assert torch.equal(a, b)
+    # --register-model created version 1, pointing at the pipeline run
+    client, _ = runs_of(uri)
+    versions = client.search_model_versions("name='tiny-winner'")
+    assert [(int(v.version), v.run_id) for v in versions] == [(1, results["run_ids"]["pipeline"])]
+    # the winner's metrics are on the pipeline run
+    metrics = client.get_run(results["run_ids"]["pipeline"]).data.metrics
+    assert metrics["winner/test_acc"] == pytest.approx(winner["test_acc"])
+
+
+def test_optuna_storage_holds_one_study_per_top_k_architecture(screened):
+    import optuna
+    from optuna.trial import TrialState
+
+    uri, _, results = screened
+    # the default: an SQLite file of its own beside the MLflow store
+    assert results["optuna_storage"] == uri.replace("mlflow.db", "optuna.db")
+    storage = results["optuna_storage"]
+    top = sorted(r["arch"] for r in results["stage1"] if r["alrao_rank"] <= 2)
+    assert sorted(results["optuna_studies"]) == top
+    assert sorted(optuna.get_all_study_names(storage)) == \
+        sorted(results["optuna_studies"].values())
+    for arch, name in results["optuna_studies"].items():
+        assert name == f"tiny/{results['run_ids']['pipeline']}/{arch}"
+        study = optuna.load_study(study_name=name, storage=storage)
+        # every trial ended; the COMPLETE ones are the leaderboard's trials of the arch
+        assert {t.state for t in study.trials} == {TrialState.COMPLETE}
+        got = sorted((t.params["lr"], t.value) for t in study.trials)
+        want = sorted((t["lr"], t["best_val_loss"]) for t in results["stage2_trials"]
+                      if t["arch"] == arch)
+        assert [v for pair in got for v in pair] == \
+            pytest.approx([v for pair in want for v in pair], rel=1e-12)
 
 
 BAD_SPACES = [
