@@ -25,7 +25,8 @@ install: $(STAMP)
 
 # Reinstalled when pyproject.toml changes; `make clean-venv` starts over.
 $(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@# a venv left half-made (no pip: an interrupted creation) is made again
+	@$(BIN)/python -m pip --version >/dev/null 2>&1 || $(PYTHON) -m venv --clear $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q $(TORCH)
 	$(BIN)/python -m pip install -q -e ".[test,dashboard]"
