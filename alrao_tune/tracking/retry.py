@@ -9,7 +9,7 @@ writes queue up meanwhile (its background writer runs them in order), so a serve
 for a minute and started again on the same backend store loses no value: MLflow's SQL
 store keeps a metric ``(key, value, step, timestamp)`` once however often it is sent,
 so a batch repeated after a reply was lost is stored once. A server that never comes back
-raises :class:`ServerGoneError` (a :class:`~alrao_tune.tracking.runs.TrackingError`: the
+raises :class:`ServerGoneError` (a :class:`~alrao_tune.tracking.errors.TrackingError`: the
 command ends with exit code 2 and says what to do); after that, calls fail at once.
 
 The command line lowers MLflow's own HTTP retries (``MLFLOW_HTTP_REQUEST_MAX_RETRIES``,
@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from alrao_tune.tracking.runs import TrackingError
+from alrao_tune.tracking.errors import ServerGoneError
 
 log = logging.getLogger(__name__)
 
@@ -39,10 +39,6 @@ _UNREACHABLE = ("Connection refused", "ConnectionError", "Max retries exceeded",
                 "RemoteDisconnected", "Connection reset", "Connection aborted",
                 "timed out", "Read timed out", "too many 50", "Bad Gateway",
                 "Service Unavailable", "Gateway Time")
-
-
-class ServerGoneError(TrackingError):
-    """The tracking server did not answer within the retry budget."""
 
 
 def is_unreachable(err: BaseException) -> bool:

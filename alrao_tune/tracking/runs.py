@@ -20,8 +20,9 @@ from itertools import zip_longest
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from alrao_tune.errors import AlraoTuneError
 from alrao_tune.schema import PARENT_TAG
+from alrao_tune.tracking.errors import TrackingError
+from alrao_tune.tracking.retry import RetryingClient
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -38,10 +39,6 @@ MLFLOW_ENV_DEFAULTS = {"MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT": "true",
                        "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "1"}
 MAX_PARAM_LEN, MAX_TAG_LEN, MAX_KEY_LEN = 6000, 8000, 250  # MLflow's limits
 BATCH_ENTITIES, BATCH_TAGS = 1000, 100  # per log_batch call: all entities; params or tags
-
-
-class TrackingError(AlraoTuneError, RuntimeError):
-    """The MLflow store cannot be used (unreachable server, failed run creation)."""
 
 
 def flatten(d: Mapping[str, Any], prefix: str = "", *, sep: str = ".") -> dict[str, Any]:
@@ -91,8 +88,6 @@ def mlflow_client(uri: str) -> MlflowClient:
 
     if not uri.startswith(("http://", "https://")):
         return MlflowClient(uri)
-    from alrao_tune.tracking.retry import RetryingClient
-
     return RetryingClient(MlflowClient(uri), uri)  # type: ignore[return-value]
 
 

@@ -47,9 +47,34 @@ def storage_url(setting: str | None, tracking_uri: str, storage: Location) -> st
     return None
 
 
+def _bad_url(url: str, err: Exception) -> ConfigError:
+    first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
+    return ConfigError(
+        f"stage2.storage = {url!r}: Optuna cannot open it ({type(err).__name__}: "
+        f"{first}); give an RDB URL such as sqlite:////abs/path/optuna.db, 'memory', "
+        "or leave it out (an optuna.db beside the MLflow store)")
+
+
+def check_url(url: str | None) -> None:
+    """Checks ``url`` before anything is written (nothing is created or connected): it parses
+    as an SQLAlchemy URL and its database driver imports.
+
+    Raises:
+        ConfigError: it does not (the message names it and the fix).
+    """
+    if url is None:
+        return
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect()
+    except Exception as err:  # noqa: BLE001 - unparsable URL, unknown dialect, no driver
+        raise _bad_url(url, err) from err
+
+
 def open_storage(url: str | None) -> Any:
-    """An Optuna storage for ``url`` (created and migrated now, in the driver, before any
-    trial; in memory for None).
+    """An Optuna storage for ``url`` (created and migrated now: the screening calls it when
+    stage 2 starts, after the driver's checks; in memory for None).
 
     Raises:
         ConfigError: Optuna cannot open ``url`` (the message names it and the fix).
@@ -62,12 +87,8 @@ def open_storage(url: str | None) -> Any:
         Path(url[len("sqlite:///"):]).parent.mkdir(parents=True, exist_ok=True)
     try:
         return optuna.storages.RDBStorage(url)
-    except Exception as err:  # noqa: BLE001 - bad URL, missing driver, unreachable DB
-        first = (str(err).strip().splitlines() or [type(err).__name__])[0][:300]
-        raise ConfigError(
-            f"stage2.storage = {url!r}: Optuna cannot open it ({type(err).__name__}: "
-            f"{first}); give an RDB URL such as sqlite:////abs/path/optuna.db, 'memory', "
-            "or leave it out (an optuna.db beside the MLflow store)") from err
+    except Exception as err:  # noqa: BLE001 - missing driver, unreachable DB
+        raise _bad_url(url, err) from err
 
 
 def study_name(space: str, pipeline_run_id: str, arch: str) -> str:

@@ -146,7 +146,7 @@ def screen(
 
         body.optuna_url = optuna_storage.storage_url(
             space.stage2.storage, tracking_uri or default_tracking_uri(), Location.parse(storage))
-        body.optuna = optuna_storage.open_storage(body.optuna_url)
+        optuna_storage.check_url(body.optuna_url)  # opened when stage 2 starts
     result = run_pipeline(
         "pipeline", space, space.model_dump(mode="json"), body.run,
         name=f"screen {space.name}", params=_space_params(space), stage_labels=STAGES,
@@ -221,8 +221,8 @@ class _Screening:
             p.say("  lr ranges (within {:g} decade(s) of Alrao's rate): {}".format(
                 s2.lr_window, ", ".join(f"{n} {lo:.2g}..{hi:.2g}"
                                         for n, (lo, hi) in ranges.items())))
-        if self.optuna is None:  # no storage opened by screen(): the studies in memory
-            self.optuna = optuna_storage.open_storage(None)
+        if self.optuna is None:  # after the driver's checks; None: the studies in memory
+            self.optuna = optuna_storage.open_storage(self.optuna_url)
         studies = {n: optuna_storage.study_name(space.name, pipeline_run, n) for n in chosen}
         self.studies = studies
         p.tree.set_tags(run, {STUDIES_TAG: json.dumps(studies),

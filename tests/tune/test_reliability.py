@@ -92,6 +92,8 @@ def killed(ray_local, tmp_path_factory):
     ev["runs_at_kill2"] = trial_run_ids(uri, KILL["name"])
     shutil.copytree(storage, tmp / "copy" / "runs")  # for the corrupted-checkpoint test
     shutil.copyfile(tmp / "mlflow.db", tmp / "copy" / "mlflow.db")
+    if (tmp / "optuna.db").exists():  # stage 2's studies, as the kill left them
+        shutil.copyfile(tmp / "optuna.db", tmp / "copy" / "optuna.db")
     ev["copy_uri"] = f"sqlite:///{tmp}/copy/mlflow.db"  # MLflow as the kill left it
     ev["vanished"] = vanish_named_checkpoint(s2())
     # folders a kill left without trainer.pt in a trial the resume continues: the next

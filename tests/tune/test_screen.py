@@ -211,3 +211,17 @@ def test_unreachable_tracking_server_exits_2_before_training(tmp_path, capsys):
     assert code == 2
     assert "127.0.0.1:9" in capsys.readouterr().err
     assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("url,match", [("nosuchdb://host/db", "nosuchdb"),
+                                       ("not a url", "not a url")])
+def test_bad_optuna_storage_exits_2_and_writes_nothing(tmp_path, url, match, capsys):
+    path = write_space(tmp_path, TINY)
+    db = tmp_path / "mlflow.db"
+    code = main(["screen", str(path), "--tracking-uri", f"sqlite:///{db}",
+                 "--storage", str(tmp_path / "runs"), "--set", f"stage2.storage={url}"])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert err.startswith("alrao-tune: error: stage2.storage") and match in err
+    assert "memory" in err  # the fix is named
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["space.yaml"]
