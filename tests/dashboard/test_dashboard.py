@@ -212,18 +212,51 @@ def _wait_for_text(browser: Chromium, text: str, timeout_s: float) -> str:
     return body
 
 
-@pytest.mark.slow
-@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium (see below)")
-def test_streamlit_run_follows_mlflow_tracking_uri(store, tmp_path):
-    """`streamlit run dashboards/app.py` with only MLFLOW_TRACKING_URI set shows that store."""
-    port = _free_port()
+def _streamlit_run(uri: str, port: int, cwd: Path) -> subprocess.Popen:
+    """`streamlit run dashboards/app.py` with only MLFLOW_TRACKING_URI set to ``uri``."""
     env = {k: v for k, v in os.environ.items() if k != "ALRAO_TUNE_TRACKING_URI"}
-    env["MLFLOW_TRACKING_URI"] = store.uri
-    proc = subprocess.Popen(
+    env["MLFLOW_TRACKING_URI"] = uri
+    return subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(LAUNCHER), "--server.headless", "true",
          "--server.address", "127.0.0.1", "--server.port", str(port),
-         "--browser.gatherUsageStats", "false"], cwd=tmp_path, env=env,
+         "--browser.gatherUsageStats", "false"], cwd=cwd, env=env,
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+
+
+def _alrao_tune_ui(uri: str, port: int, mlflow_port: int, cwd: Path) -> subprocess.Popen:
+    """``alrao-tune ui`` (dashboard + MLflow UI); prints a banner once both answer."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "alrao_tune.dashboard.launch", "--tracking-uri", uri, "--port",
+         str(port), "--mlflow-port", str(mlflow_port)], cwd=cwd,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+@pytest.fixture(scope="module")
+def launched(store, tmp_path_factory) -> Iterator[dict]:
+    """Both ways of serving the dashboard, launched together: each boots for seconds, so
+    `alrao-tune ui` (an MLflow server too) boots while the first browser test uses
+    `streamlit run`. Each test waits for its own server and stops it; whatever a failed
+    test left running is stopped here."""
+    cwd = tmp_path_factory.mktemp("served")
+    port = _free_port()
+    procs = {"streamlit_run": (_streamlit_run(store.uri, port, cwd), (port,))}
+    ports = (_free_port(), _free_port())
+    procs["ui"] = (_alrao_tune_ui(store.uri, *ports, cwd), ports)
+    yield procs
+    streamlit_run, ui_proc = procs["streamlit_run"][0], procs["ui"][0]
+    if streamlit_run.poll() is None:
+        os.killpg(streamlit_run.pid, signal.SIGTERM)
+        streamlit_run.wait(timeout=30)
+    if ui_proc.poll() is None:
+        ui_proc.send_signal(signal.SIGTERM)
+        ui_proc.wait(timeout=30)
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not CHROMIUM.exists(), reason="needs Chromium (see below)")
+def test_streamlit_run_follows_mlflow_tracking_uri(store, launched, tmp_path):
+    """`streamlit run dashboards/app.py` with only MLFLOW_TRACKING_URI set shows that store."""
+    proc, (port,) = launched["streamlit_run"]
     try:
         deadline = time.monotonic() + 60
         while not ui._answers(f"http://127.0.0.1:{port}/_stcore/health"):
@@ -242,13 +275,9 @@ def test_streamlit_run_follows_mlflow_tracking_uri(store, tmp_path):
 
 
 @pytest.fixture
-def served(store, tmp_path) -> Iterator[tuple[str, str]]:
+def served(launched) -> Iterator[tuple[str, str]]:
     """``alrao-tune ui`` (dashboard + MLflow UI) on free ports; stopped with SIGTERM."""
-    port, mlflow_port = _free_port(), _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "alrao_tune.dashboard.launch", "--tracking-uri", store.uri, "--port",
-         str(port), "--mlflow-port", str(mlflow_port)], cwd=tmp_path,
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, (port, mlflow_port) = launched["ui"]
     lines = []
     for line in proc.stdout:  # returns once both servers answer
         lines.append(line)

@@ -24,6 +24,7 @@ from tests.tune.test_screen import TINY, write_space
 pytestmark = pytest.mark.slow
 
 EPOCHS = 12
+OUTAGE_S = 1.0  # on top of the seconds a restarted server takes to answer
 SPACE = {**TINY, "name": "restart",
          "architectures": TINY["architectures"][:2],
          "training": {"epochs": EPOCHS, "batch_size": 32, "patience": None},
@@ -42,14 +43,22 @@ class MlflowServer:
 
     def __init__(self, db: Path, port: int) -> None:
         self.cmd = mlflow_command(f"sqlite:///{db}", "127.0.0.1", port)
-        self.url, self.log = f"http://127.0.0.1:{port}", db.parent / "server.log"
+        self.db, self.url, self.log = db, f"http://127.0.0.1:{port}", db.parent / "server.log"
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout_s: float = 90) -> None:
+        self.launch()
+        self.wait(timeout_s)
+
+    def launch(self) -> None:
+        """Starts the process; :meth:`wait` waits until it answers."""
         env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
         with self.log.open("ab") as out:
             self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT,
                                          env=env, start_new_session=True)
+
+    def wait(self, timeout_s: float = 90) -> None:
+        assert self.proc is not None
         deadline = time.monotonic() + timeout_s
         while not _answers(f"{self.url}/health"):
             assert self.proc.poll() is None and time.monotonic() < deadline, \
@@ -62,49 +71,70 @@ class MlflowServer:
             self.proc.wait(30)
 
 
-@pytest.fixture
-def server(tmp_path, mlflow_db_template):
-    db = tmp_path / "mlflow.db"
+@pytest.fixture(scope="module")
+def shared_server(request, tmp_path_factory, mlflow_db_template):
+    """One server for the module (each start costs seconds): its SQLite store is shared, each
+    test screens into an experiment of its own. It boots while Ray starts."""
+    db = tmp_path_factory.mktemp("restart-server") / "mlflow.db"
     shutil.copyfile(mlflow_db_template, db)  # migrated already: the server starts faster
     srv = MlflowServer(db, _free_port())
-    srv.start()
-    yield srv
-    srv.kill()
+    srv.launch()
+    try:
+        request.getfixturevalue("ray_local")
+        srv.wait()
+        yield srv
+    finally:
+        srv.kill()
 
 
-def _restart_when_a_trial_logged(srv: MlflowServer, db: Path, outage_s: float,
+@pytest.fixture
+def server(shared_server):
+    """The module's server, answering (started again if a test left it stopped), and Ray."""
+    if shared_server.proc is None or shared_server.proc.poll() is not None:
+        shared_server.start()
+    return shared_server
+
+
+def _restart_when_a_trial_logged(srv: MlflowServer, experiment: str, outage_s: float | None,
                                  done: dict) -> None:
-    """Kills the server once a stage-1 trial run holds a value, waits, starts it again."""
+    """Kills the server once a stage-1 trial run of ``experiment`` holds a value, waits
+    ``outage_s``, starts it again (never with ``None``)."""
     from mlflow import MlflowClient
 
-    client, deadline = MlflowClient(f"sqlite:///{db}"), time.monotonic() + 300
+    client, deadline = MlflowClient(f"sqlite:///{srv.db}"), time.monotonic() + 300
     while time.monotonic() < deadline:
-        exps = [e.experiment_id for e in client.search_experiments()]
-        runs = client.search_runs(exps, "tags.`alrao_tune.trial_id` != ''") if exps else []
+        exp = client.get_experiment_by_name(experiment)
+        runs = client.search_runs([exp.experiment_id], "tags.`alrao_tune.trial_id` != ''") \
+            if exp else []
         if any(r.data.metrics for r in runs):
             break
         time.sleep(0.1)
     srv.kill()
     done["killed_at"] = time.monotonic()
+    if outage_s is None:
+        return
     time.sleep(outage_s)
     srv.start()
     done["back_at"] = time.monotonic()
 
 
-def test_a_server_restart_mid_screening_loses_nothing(ray_local, server, tmp_path):
+def test_a_server_restart_mid_screening_loses_nothing(server, tmp_path, caplog):
     from mlflow import MlflowClient
 
-    space, db = write_space(tmp_path, SPACE), tmp_path / "mlflow.db"
+    space, db = write_space(tmp_path, SPACE), server.db
     done: dict = {}
+    # the outage lasts OUTAGE_S plus the seconds a new server takes to answer
     restarter = threading.Thread(target=_restart_when_a_trial_logged,
-                                 args=(server, db, 8.0, done), daemon=True)
+                                 args=(server, SPACE["name"], OUTAGE_S, done), daemon=True)
     restarter.start()
     code = main(["screen", str(space), "--tracking-uri", server.url, "--storage",
                  str(tmp_path / "runs"), "--output", str(tmp_path / "out"), "--json"])
     ended = time.monotonic()
     restarter.join(120)
     assert code == 0
-    assert done["killed_at"] < ended  # the outage happened while the screening ran
+    # the outage happened while the screening ran, which waited for the server and went on
+    assert done["killed_at"] < done["back_at"] < ended
+    assert "does not answer" in caplog.text and "answers again" in caplog.text
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     client = MlflowClient(f"sqlite:///{db}")  # read the backend store itself
     runs = client.search_runs([results["experiment_id"]], max_results=1000)
@@ -126,16 +156,19 @@ def test_a_server_restart_mid_screening_loses_nothing(ray_local, server, tmp_pat
         assert n == results["timings"][f"{stage}_mlflow_values"], stage
 
 
-def test_a_server_that_never_comes_back_fails_clearly(ray_local, server, tmp_path, capsys,
-                                                      monkeypatch):
-    space = write_space(tmp_path, {**SPACE, "stage2": {"enabled": False}})
-    monkeypatch.setenv(retry.RETRY_ENV, "3")
+def test_a_server_that_never_comes_back_fails_clearly(server, tmp_path, capsys, monkeypatch):
+    name = "restart-gone"  # an experiment of its own in the module's store
+    space = write_space(tmp_path, {**SPACE, "name": name, "stage2": {"enabled": False}})
+    monkeypatch.setenv(retry.RETRY_ENV, "1")  # each second waited out is test time
+    done: dict = {}
     stopper = threading.Thread(target=_restart_when_a_trial_logged,
-                               args=(server, tmp_path / "mlflow.db", 3600, {}), daemon=True)
-    stopper.start()  # kills the server, never starts it again (the test's end kills it)
+                               args=(server, name, None, done), daemon=True)
+    stopper.start()  # kills the server, never starts it again
     code = main(["screen", str(space), "--tracking-uri", server.url, "--storage",
                  str(tmp_path / "runs")])
+    stopper.join(30)
     assert code == 2
+    assert "killed_at" in done  # the server was killed mid-screening
     err = capsys.readouterr().err
     assert f"the MLflow tracking server at {server.url} did not answer" in err
     assert "--resume" in err
