@@ -88,6 +88,26 @@ class Screening:
         return {"after_group_kill": len(left), "stray": len(stray)}
 
 
+def run_here(args: Sequence[str], log: Path, command: str = "screen") -> int:
+    """``alrao-tune <command> ...`` in this process (on the session's Ray, no Ray start-up
+    of its own), its output (``print`` progress, one-line errors) to ``log``; returns the
+    exit code. For an invocation no test kills, e.g. the ``--resume`` that finishes a
+    killed one."""
+    from alrao_tune.cli import main
+
+    with open(log, "w") as out, contextlib.redirect_stdout(out), \
+            contextlib.redirect_stderr(out):
+        return main([command, *args])
+
+
+def fresh_store(template: Path, db: Path) -> str:
+    """A tracking URI for ``db``, an empty, migrated MLflow SQLite store copied from the
+    session's template (creating one takes seconds; see ``mlflow_db_template``)."""
+    db.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(template, db)
+    return f"sqlite:///{db}"
+
+
 def session_pids(sid: int) -> list[int]:
     """Live (non-zombie) processes whose session id is ``sid``."""
     pids = []

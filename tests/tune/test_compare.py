@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from alrao_tune.cli import main
+from tests.tune.reliability_helpers import fresh_store
 from tests.tune.test_screen import TINY, runs_of
 
 pytestmark = pytest.mark.slow
@@ -27,10 +28,10 @@ SPACE = {
 
 
 @pytest.fixture(scope="module")
-def compared(ray_local, tmp_path_factory):
+def compared(ray_local, tmp_path_factory, mlflow_db_template):
     tmp = tmp_path_factory.mktemp("compare")
     (tmp / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    uri = f"sqlite:///{tmp}/mlflow.db"
+    uri = fresh_store(mlflow_db_template, tmp / "mlflow.db")
     code = main(["compare", str(tmp / "space.yaml"), "--tracking-uri", uri,
                  "--storage", str(tmp / "runs"), "--output", str(tmp / "out"), "--json"])
     assert code == 0
@@ -128,19 +129,27 @@ def test_resume_with_other_settings_exits_2_and_writes_nothing(compared, tmp_pat
     assert (tmp_path / "mlflow.db").read_bytes() == db
 
 
-def test_killed_comparison_resumes_without_rerunning_finished_runs(ray_local, tmp_path):
-    """SIGKILL to ``alrao-tune compare`` once some runs ended; ``--resume`` finishes it:
-    the runs that had ended are not run again, and MLflow holds one ended run per trial
-    under the same compare run."""
-    from tests.tune.reliability_helpers import Screening, mlflow_runs, newest_state_text
+def test_killed_comparison_resumes_without_rerunning_finished_runs(ray_local, tmp_path,
+                                                                   mlflow_db_template):
+    """SIGKILL to ``alrao-tune compare`` once some runs ended; ``--resume`` (in this
+    process: it is not killed) finishes it: the runs that had ended are not run again, and
+    MLflow holds one ended run per trial under the same compare run."""
+    from tests.tune.reliability_helpers import (
+        Screening,
+        mlflow_runs,
+        newest_state_text,
+        run_here,
+    )
 
-    # runs of a few seconds each, so that the kill lands while some are still running
+    # runs of a second or more each (10 epochs of 32 steps), so that the kill lands while
+    # some are still running
     space = {**SPACE, "name": "killcmp", "training": {**TINY["training"], "epochs": 10},
              "compare": {**SPACE["compare"], "alrao_momentum": [], "alrao_ranges": []},
-             "dataset": {"name": "blobs", "options": {"n_train": 3000, "n_features": 6,
+             "dataset": {"name": "blobs", "options": {"n_train": 1000, "n_features": 6,
                                                       "n_classes": 3}}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
-    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "runs"
+    uri = fresh_store(mlflow_db_template, tmp_path / "mlflow.db")
+    storage = tmp_path / "runs"
     args = [str(tmp_path / "space.yaml"), "--tracking-uri", uri, "--storage", str(storage),
             "--output", str(tmp_path / "out")]
 
@@ -162,9 +171,10 @@ def test_killed_comparison_resumes_without_rerunning_finished_runs(ray_local, tm
     stamps = {i: (Path(c) / "trainer.pt").stat().st_mtime_ns for i, c in ended.items()}
     assert 3 <= len(ended) < 12
 
-    second = Screening([*args, "--resume"], tmp_path / "second.log", command="compare")
-    assert second.wait() == 0, second.output[-3000:]
-    assert "runs had ended" in second.output
+    code = run_here([*args, "--resume"], tmp_path / "second.log", command="compare")
+    second_log = (tmp_path / "second.log").read_text()
+    assert code == 0, second_log[-3000:]
+    assert "runs had ended" in second_log
     trials = pd.read_csv(tmp_path / "out" / "trials.csv")
     assert len(trials) == 12 and set(ended) <= set(trials["trial_id"])
     for trial_id, checkpoint in ended.items():  # not run again

@@ -19,9 +19,11 @@ from alrao_tune.cli import main
 from tests.tune.reliability_helpers import (
     Screening,
     checkpoints,
+    fresh_store,
     history,
     mlflow_runs,
     newest_state_text,
+    run_here,
     snapshot,
     stage_dir,
     tree_of,
@@ -54,12 +56,14 @@ KILL = {
 
 
 @pytest.fixture(scope="module")
-def killed(ray_local, tmp_path_factory):
+def killed(ray_local, tmp_path_factory, mlflow_db_template):
     """Reference run; then a run killed in stage 1, resumed and killed in stage 2, resumed
-    to the end. Returns what the tests check."""
+    to the end (that last invocation, which nothing kills, in this process). Returns what
+    the tests check."""
     tmp = tmp_path_factory.mktemp("kill")
     space = write_space(tmp, KILL)
-    ref_uri, uri = f"sqlite:///{tmp}/ref.db", f"sqlite:///{tmp}/mlflow.db"
+    ref_uri = fresh_store(mlflow_db_template, tmp / "ref.db")
+    uri = fresh_store(mlflow_db_template, tmp / "mlflow.db")
     storage = tmp / "runs"
     assert main(["screen", str(space), "--tracking-uri", ref_uri, "--storage",
                  str(tmp / "ref-runs"), "--output", str(tmp / "ref-out")]) == 0
@@ -104,11 +108,10 @@ def killed(ray_local, tmp_path_factory):
         for trial_id, t in at.items() if t["status"] != "TERMINATED"
         for path in t["incomplete"]]
 
-    # 3. --resume to the end
-    third = Screening([*args, "--resume"], tmp / "third.log")
-    ev["code"] = third.wait()
-    ev["third_log"] = third.output
-    assert ev["code"] == 0, third.output[-3000:]
+    # 3. --resume to the end (in this process: it is not killed)
+    ev["code"] = run_here([*args, "--resume"], tmp / "third.log")
+    ev["third_log"] = (tmp / "third.log").read_text()
+    assert ev["code"] == 0, ev["third_log"][-3000:]
     ev["results"] = json.loads((tmp / "out" / "results.json").read_text())
     ev["reference"] = json.loads((tmp / "ref-out" / "results.json").read_text())
     ev["stage1_final"] = trials_at(s1())
@@ -344,7 +347,7 @@ STEPS_PER_EPOCH = 10  # ceil(300 / 32)
 
 
 @pytest.fixture(scope="module")
-def faulty(ray_local, tmp_path_factory):
+def faulty(ray_local, tmp_path_factory, mlflow_db_template):
     from alrao_tune.bench.faults import faulty_trainable
     from alrao_tune.tune.screen import screen
 
@@ -353,7 +356,7 @@ def faulty(ray_local, tmp_path_factory):
     # the faults come with the trainable (production code reads no fault setting)
     trainable = faulty_trainable(
         {"twin-b": f"crash_once:{marker}", "raiser": "raise", "nan": "nan"})
-    uri = f"sqlite:///{tmp}/mlflow.db"
+    uri = fresh_store(mlflow_db_template, tmp / "mlflow.db")
     screen(write_space(tmp, FAULTY), tracking_uri=uri, storage=tmp / "runs",
            output=tmp / "out", progress=None, trainable=trainable)  # raises on failure
     results = json.loads((tmp / "out" / "results.json").read_text())
@@ -456,15 +459,19 @@ def test_concurrent_trials_log_every_value_exactly_once(faulty):
     assert logged == faulty["results"]["timings"]["stage1_mlflow_values"]
 
 
-def test_ctrl_c_leaves_a_resumable_screening(ray_local, tmp_path):
+def test_ctrl_c_leaves_a_resumable_screening(ray_local, tmp_path, mlflow_db_template):
     """SIGINT (Ctrl-C) to `alrao-tune screen`: exit 130 with a hint, the screening is
-    recorded KILLED (not FINISHED with failed trials), and --resume finishes it."""
+    recorded KILLED (not FINISHED with failed trials), and --resume (in this process: it
+    is not interrupted) finishes it."""
     import signal
 
+    # 4 trials, 2 at a time: the SIGINT after 2 checkpoints lands with most epochs to run
+    epochs = 6
     space = write_space(tmp_path, {**KILL, "name": "ctrlc", "stage2": {"enabled": False},
-                                   "training": {"epochs": 12, "batch_size": 32,
+                                   "training": {"epochs": epochs, "batch_size": 32,
                                                 "patience": None}})
-    uri, storage = f"sqlite:///{tmp_path}/mlflow.db", tmp_path / "runs"
+    uri = fresh_store(mlflow_db_template, tmp_path / "mlflow.db")
+    storage = tmp_path / "runs"
     args = [str(space), "--tracking-uri", uri, "--storage", str(storage)]
     first = Screening(args, tmp_path / "first.log")
     first.wait_until(lambda: len(checkpoints(stage_dir(storage, "ctrlc", "stage1"))) >= 2,
@@ -475,10 +482,10 @@ def test_ctrl_c_leaves_a_resumable_screening(ray_local, tmp_path):
     state = json.loads((stage_dir(storage, "ctrlc", "stage1").parent / "pipeline.json")
                        .read_text())
     assert state["status"] == "KILLED"
-    second = Screening([*args, "--resume"], tmp_path / "second.log")
-    assert second.wait() == 0, second.output[-3000:]
+    code = run_here([*args, "--resume"], tmp_path / "second.log")
+    assert code == 0, (tmp_path / "second.log").read_text()[-3000:]
     _, runs = mlflow_runs(uri, "ctrlc")
     tree = tree_of(runs)
     assert {r.info.status for r in runs} == {"FINISHED"}
     assert len(tree["trials"]["stage1 (alrao)"]) == 4
-    assert all(r.data.metrics["epoch"] == 12 for r in tree["trials"]["stage1 (alrao)"])
+    assert all(r.data.metrics["epoch"] == epochs for r in tree["trials"]["stage1 (alrao)"])

@@ -11,6 +11,7 @@ import yaml
 
 from alrao_tune.cli import main
 from alrao_tune.schema import LR_FREE_METHODS
+from tests.tune.reliability_helpers import fresh_store
 from tests.tune.test_screen import TINY, runs_of
 
 pytestmark = pytest.mark.slow
@@ -30,10 +31,10 @@ SPACE = {
 
 
 @pytest.fixture(scope="module")
-def compared(ray_local, tmp_path_factory):
+def compared(ray_local, tmp_path_factory, mlflow_db_template):
     tmp = tmp_path_factory.mktemp("strategies")
     (tmp / "space.yaml").write_text(yaml.safe_dump(SPACE))
-    uri = f"sqlite:///{tmp}/mlflow.db"
+    uri = fresh_store(mlflow_db_template, tmp / "mlflow.db")
     code = main(["compare", str(tmp / "space.yaml"), "--tracking-uri", uri,
                  "--storage", str(tmp / "runs"), "--output", str(tmp / "out")])
     assert code == 0
