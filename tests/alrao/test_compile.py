@@ -20,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 from torch._dynamo.utils import counters
+from torch._inductor import config as inductor_config
 
 from alrao_tune.alrao import AlraoAdam, AlraoModel, AlraoSGD
 from tests.alrao.helpers import one_thread
@@ -59,7 +60,7 @@ def run(request: pytest.FixtureRequest) -> dict[str, Any]:
     step_fn = torch.compile(type(opts[0]).step, fullgraph=True, backend=backend)
     gen = torch.Generator().manual_seed(1)
     out: dict[str, Any] = {"graphs": {}}
-    with torch._inductor.config.patch(compile_threads=1):
+    with inductor_config.patch(compile_threads=1):
         for step in range(1, STEPS + 1):
             x, y = torch.randn(16, 12, generator=gen), torch.randint(0, 4, (16,), generator=gen)
             opts[0].zero_grad()
