@@ -6,7 +6,9 @@ eager twin train side by side for 100 steps under OneCycleLR, which changes the 
 (and the momentum or beta1) at every step, the worst case for recompilation. The AlraoSGD run
 compiles with inductor (generated C++); the AlraoAdam run with ``aot_eager``, which traces the
 same graphs (dynamo's graph breaks and recompilations do not depend on the backend) without
-paying a second C++ build in the test suite.
+paying a second C++ build in the test suite. Inductor compiles in this process
+(``compile_threads=1``): on a two-core machine inductor's default pool of compile worker
+processes (each importing torch) costs more to start than the few kernels it would build.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 from torch._dynamo.utils import counters
+from torch._inductor import config as inductor_config
 
 from alrao_tune.alrao import AlraoAdam, AlraoModel, AlraoSGD
 from tests.alrao.helpers import one_thread
@@ -57,24 +60,25 @@ def run(request: pytest.FixtureRequest) -> dict[str, Any]:
     step_fn = torch.compile(type(opts[0]).step, fullgraph=True, backend=backend)
     gen = torch.Generator().manual_seed(1)
     out: dict[str, Any] = {"graphs": {}}
-    for step in range(1, STEPS + 1):
-        x, y = torch.randn(16, 12, generator=gen), torch.randint(0, 4, (16,), generator=gen)
-        opts[0].zero_grad()
-        loss_fn(x, y).loss.backward()
-        step_fn(opts[0])
-        opts[1].zero_grad()
-        eager.training_loss(x, y, with_output=False).loss.backward()
-        opts[1].step()
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
-            for sched in scheds:
-                sched.step()
-        if step in (3, STEPS):
-            out["graphs"][step] = counters["stats"]["unique_graphs"]
-        if step == COMPARE_AT:
-            out["params"] = [[p.detach().clone() for p in m.parameters()]
-                             for m in (compiled, eager)]  # fmt: skip
-            out["switch"] = [m.switch.logw.clone() for m in (compiled, eager)]
+    with inductor_config.patch(compile_threads=1):
+        for step in range(1, STEPS + 1):
+            x, y = torch.randn(16, 12, generator=gen), torch.randint(0, 4, (16,), generator=gen)
+            opts[0].zero_grad()
+            loss_fn(x, y).loss.backward()
+            step_fn(opts[0])
+            opts[1].zero_grad()
+            eager.training_loss(x, y, with_output=False).loss.backward()
+            opts[1].step()
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", "Detected call of `lr_scheduler.step")
+                for sched in scheds:
+                    sched.step()
+            if step in (3, STEPS):
+                out["graphs"][step] = counters["stats"]["unique_graphs"]
+            if step == COMPARE_AT:
+                out["params"] = [[p.detach().clone() for p in m.parameters()]
+                                 for m in (compiled, eager)]  # fmt: skip
+                out["switch"] = [m.switch.logw.clone() for m in (compiled, eager)]
     out["breaks"] = sum(counters["graph_break"].values())
     return out
 

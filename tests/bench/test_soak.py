@@ -19,11 +19,11 @@ def test_unknown_faults_are_refused_before_anything_runs(fault):
 
 
 @pytest.mark.slow
-def test_soak_tiny(ray_local, tmp_path):
+def test_soak_tiny(ray_local, tmp_path, mlflow_uri):
     from alrao_tune.bench.soak import soak
 
-    # seed 1: trial 0 crashes once, trial 1 raises
-    out = soak(n_trials=2, failure_rate=1.0, seed=1, tracking_uri=f"sqlite:///{tmp_path}/s.db",
+    # seed 1: trial 0 crashes once, trial 1 raises; MLflow: a copy of the migrated empty store
+    out = soak(n_trials=2, failure_rate=1.0, seed=1, tracking_uri=mlflow_uri,
                storage=tmp_path / "runs", progress=None)
     assert out["ok"], out
     assert out["injected"] == {"crash_once": 1, "raise": 1}

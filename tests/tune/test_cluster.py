@@ -64,8 +64,10 @@ def tmp(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def mlflow_server(tmp):
-    """``mlflow server`` on 127.0.0.1 (a free port, SQLite, artifacts served over HTTP)."""
+def mlflow_server(tmp, mlflow_db_template):
+    """``mlflow server`` on 127.0.0.1 (a free port, SQLite, artifacts served over HTTP);
+    its store starts as a copy of the migrated empty database (no migrations to wait for)."""
+    shutil.copyfile(mlflow_db_template, tmp / "server.db")
     port = _free_port()
     env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}
     log = open(tmp / "mlflow-server.log", "w")  # noqa: SIM115 - closed below
@@ -179,11 +181,12 @@ def single_node(single_node_started, tmp):
 
 
 @pytest.fixture(scope="module")
-def two_nodes(tmp, cluster):
+def two_nodes(tmp, cluster, mlflow_db_template):
     c, head, worker = cluster
     space = tmp / "two" / "space.yaml"
     space.parent.mkdir()
     write_space(space.parent, SPACE)
+    shutil.copyfile(mlflow_db_template, tmp / "two.db")  # migrated before anyone reads it
     uri = f"sqlite:///{tmp}/two.db"
     _screen([str(space), "--address", c.address, "--storage", str(tmp / "two-runs"),
              "--tracking-uri", uri, "--output", str(tmp / "two-out")], tmp / "two.log")
