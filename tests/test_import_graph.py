@@ -14,8 +14,8 @@ import pytest
 
 PACKAGE = Path(__file__).resolve().parents[1] / "alrao_tune"
 # DESIGN.md: each layer imports only the ones listed before it (and itself)
-LAYERS = ("alrao", "schema", "errors", "data", "zoo", "train", "space", "tracking", "report",
-          "tune", "bench", "dashboard", "cli")
+LAYERS = ("alrao", "schema", "errors", "logs", "data", "zoo", "train", "space", "tracking",
+          "report", "tune", "bench", "dashboard", "cli")
 RAY_COMPAT = "alrao_tune.tune._ray_compat"
 
 
@@ -124,7 +124,7 @@ def test_the_alrao_core_imports_torch_only():
         assert all(layer(m) == "alrao" for m in internal), (name, internal)
 
 
-@pytest.mark.parametrize("name", ["alrao_tune.schema", "alrao_tune.errors"])
+@pytest.mark.parametrize("name", ["alrao_tune.schema", "alrao_tune.errors", "alrao_tune.logs"])
 def test_shared_names_import_nothing_heavy(name):
     # the standard library only, and nothing of the package
     assert _third_party(name) == set() and internal_edges()[name] == set()

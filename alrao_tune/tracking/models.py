@@ -14,13 +14,13 @@ reader finds the winner without listing models.
 from __future__ import annotations
 
 import contextlib
-import logging
 import math
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 from alrao_tune.errors import AlraoTuneError
+from alrao_tune.logs import quiet_logger
 from alrao_tune.schema import KIND_TAG, MODEL_NAME, MODEL_TAG, WINNER_PREFIX
 from alrao_tune.tracking.runs import default_tracking_uri, mlflow_client
 
@@ -53,17 +53,6 @@ def _tracking_uri(uri: str) -> Iterator[None]:
         mlflow.set_tracking_uri(before or "")
 
 
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def log_model(uri: str, run_id: str, model: Any, example: Any,
               metrics: Mapping[str, float], *, registered_name: str | None = None,
               params: Mapping[str, Any] | None = None) -> LoggedModel:
@@ -94,7 +83,7 @@ def log_model(uri: str, run_id: str, model: Any, example: Any,
     from mlflow.entities import Metric
 
     client.log_batch(run_id, metrics=[Metric(k, v, 0, 0) for k, v in finite.items()])
-    with _tracking_uri(uri), _quiet("mlflow.pytorch"):  # its pickle-format warning
+    with _tracking_uri(uri), quiet_logger("mlflow.pytorch"):  # its pickle-format warning
         info = mlflow.pytorch.log_model(
             model, name=MODEL_NAME, signature=infer_signature(x, y), input_example=x,
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}"],

@@ -9,16 +9,16 @@ produced the trial's last result.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 
+from alrao_tune.logs import quiet_logger
 from alrao_tune.schema import TRIAL_COLUMNS
 from alrao_tune.tune._ray_compat import replace_callbacks, result_trials
 from alrao_tune.tune.storage import Location
@@ -33,6 +33,9 @@ MAX_FAILURES = 1
 # SIGKILL in between leaves a state naming a deleted checkpoint whatever the number; a
 # resumed trial then continues from a newer one (alrao_tune.tune.checkpoints).
 CHECKPOINTS_KEPT = 2
+
+# ExperimentAnalysis warns that the per-trial result files (off by design) are missing
+_ANALYSIS_LOG = "ray.tune.analysis.experiment_analysis"
 
 
 @dataclass
@@ -131,7 +134,7 @@ def experiment_trials(path: str | Path | Location) -> list[Any]:
     (``ray.tune.experiment.Trial`` objects: ``trial_id``, ``status``, ``checkpoint``)."""
     from ray.tune import ExperimentAnalysis
 
-    with _quiet("ray.tune.analysis.experiment_analysis"):
+    with quiet_logger(_ANALYSIS_LOG):
         return list(ExperimentAnalysis(str(path)).trials)
 
 
@@ -139,7 +142,7 @@ def load_results(job: TuneJob) -> Any:
     """The ResultGrid of a finished experiment, read from its folder without running it."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 
-    with _quiet("ray.tune.analysis.experiment_analysis"):
+    with quiet_logger(_ANALYSIS_LOG):
         return ResultGrid(ExperimentAnalysis(
             str(job.path), default_metric=job.metric, default_mode=job.mode))
 
@@ -193,17 +196,6 @@ def check_resumable(path: str | Path | Location, say: Callable[[str], None] | No
     return len(trials)
 
 
-@contextlib.contextmanager
-def _quiet(name: str) -> Iterator[None]:
-    """Raises logger ``name`` to ERROR (ExperimentAnalysis warns that the per-trial
-    result files, which alrao_tune turns off, are missing)."""
-    logger = logging.getLogger(name)
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def _resources(resources: Mapping[str, float]) -> dict[str, float]:
