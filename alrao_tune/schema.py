@@ -34,6 +34,28 @@ STAGE1_PROXIES = ("alrao", "adam", *LR_FREE_METHODS)
 # The screening strategies ``compare`` runs end to end (``compare.strategies``); besides
 # these, ``two_stage_<proxy>`` screens with another stage-1 proxy.
 STRATEGIES = ("two_stage", "asha", "asha_tpe", "random")
+STAGE2_SAMPLERS = ("tpe", "gp", "random", "bracket")  # stage2.sampler
+
+
+def parse_stage2_method(name: str) -> dict[str, object]:
+    """``<sampler>[:<startup trials>][+asha]`` as ``{"sampler", "startup_trials",
+    "scheduler"}``; ValueError naming the problem and the form otherwise."""
+    form = ("a stage-2 method is <sampler>[:<startup trials>][+asha] with <sampler> one of "
+            f"{', '.join(STAGE2_SAMPLERS)} (e.g. tpe, tpe:3, gp:3, bracket+asha)")
+    head, plus, tail = str(name).partition("+")
+    if plus and tail != "asha":
+        raise ValueError(f"{name!r}: only '+asha' may follow the sampler; {form}")
+    sampler, colon, startup = head.partition(":")
+    if sampler not in STAGE2_SAMPLERS:
+        raise ValueError(f"{name!r}: unknown sampler {sampler!r}; {form}")
+    n: int | None = None
+    if colon:
+        if sampler not in ("tpe", "gp") or not startup.isdigit() or int(startup) < 1:
+            raise ValueError(f"{name!r}: startup trials are a positive integer after tpe "
+                             f"or gp; {form}")
+        n = int(startup)
+    return {"sampler": sampler, "startup_trials": n, "scheduler": "asha" if plus else "none"}
+
 
 # ------------------------------------------------------------------------- trial table
 # One row per Tune trial (``alrao_tune.tune.runner.trials_frame``, and the dashboard's

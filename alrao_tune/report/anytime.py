@@ -66,7 +66,8 @@ def anytime_curve(log: pd.DataFrame, best_acc: float) -> pd.DataFrame:
         for n, row in enumerate(group.itertuples(), start=1):
             seconds += float(row.seconds)
             epochs += float(row.epochs)
-            if row.returnable and (incumbent is None or row.score < incumbent.score):
+            if (row.returnable and math.isfinite(row.score)
+                    and (incumbent is None or row.score < incumbent.score)):
                 incumbent = row
             regret = (math.nan if incumbent is None
                       else 100.0 * (best_acc - float(incumbent.test_acc)))

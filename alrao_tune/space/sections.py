@@ -222,7 +222,13 @@ class Stage2(_Model):
     momentum: FixedOrRange = 0.0
     weight_decay: FixedOrRange = 0.0
     trials_per_arch: int = Field(6, ge=1)
-    sampler: Literal["tpe", "random"] = "tpe"
+    # which rates each architecture's study tries (alrao_tune.tune.samplers): tpe, gp,
+    # random, or bracket (a deterministic search around the Alrao effective rate)
+    sampler: Literal["tpe", "gp", "random", "bracket"] = "tpe"
+    # tpe / gp: random trials before the model takes over (null: Optuna's default, 10)
+    startup_trials: int | None = Field(None, ge=1)
+    # asha: stop an architecture's bad rates early (one ASHA per architecture, over epochs)
+    scheduler: Literal["none", "asha"] = "none"
     seed: int = 0
     seed_with_alrao: bool = True
     # search only within this many decades of the architecture's Alrao effective rate
@@ -280,6 +286,24 @@ class Compare(_Model):
     # grid spends on one seed (they stop once it is spent)
     strategy_budget: float = Field(0.5, gt=0)
     asha: StrategyAsha = Field(default_factory=StrategyAsha)
+    # stage-2 methods measured head to head (<sampler>[:<startup trials>][+asha], e.g.
+    # tpe, tpe:3, gp:3, bracket, bracket+asha): each tunes EVERY architecture from its Alrao
+    # effective rate with stage2.trials_per_arch trials, compare.repeats times; [] = none
+    stage2_methods: list[str] = Field(default_factory=list)
+
+    @field_validator("stage2_methods")
+    @classmethod
+    def _methods(cls, values: list[str]) -> list[str]:
+        from alrao_tune.schema import parse_stage2_method as parse_method
+
+        for i, name in enumerate(values):
+            try:
+                parse_method(name)
+            except ValueError as err:
+                raise _Invalid(f"[{i}]", name, str(err)) from None
+        if len(set(values)) < len(values):
+            raise _Invalid("", values, "lists a name twice")
+        return values
 
     @field_validator("seeds", mode="before")
     @classmethod

@@ -90,6 +90,8 @@ class CompareResult:
     curves: pd.DataFrame = field(default_factory=lambda: report_compare.curves_data([]))
     # the screening strategies run end to end (report.anytime.strategy_report); {} if none
     strategies: dict[str, Any] = field(default_factory=dict)
+    # the stage-2 methods head to head (report.samplers.method_report); {} if none
+    stage2_methods: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         def rows(frame: pd.DataFrame) -> list[dict[str, Any]]:
@@ -101,9 +103,10 @@ class CompareResult:
             out["by_momentum"][str(m)] = {
                 k: rows(v) if isinstance(v, pd.DataFrame) else {
                     kk: json_value(vv) for kk, vv in v.items()} for k, v in rep.items()}
-        if self.strategies:
-            out["strategies"] = {k: rows(v) if isinstance(v, pd.DataFrame) else {
-                kk: json_value(vv) for kk, vv in v.items()} for k, v in self.strategies.items()}
+        for key in ("strategies", "stage2_methods"):
+            if rep := getattr(self, key):
+                out[key] = {k: rows(v) if isinstance(v, pd.DataFrame) else {
+                    kk: json_value(vv) for kk, vv in v.items()} for k, v in rep.items()}
         return out
 
 
@@ -176,11 +179,16 @@ def _compare(p: Pipeline, parent: str, space: SearchSpace, configs: list[dict[st
     trials, curves = _curves(p.tree, trials, _min_epochs(space))
     result = CompareResult(space.name, trials, build_reports(trials, space),
                            {"compare": parent}, time.perf_counter() - t0, curves)
-    if space.compare.strategies:
+    c = space.compare
+    if c.strategies or c.stage2_methods:
         from alrao_tune.tune import strategies
 
-        result.strategies = strategies.run_strategies(strategies.StrategyContext(
-            space, p.tree, parent, p.root / "strategies", p.say, _min_epochs(space)), trials)
+        ctx = strategies.StrategyContext(space, p.tree, parent, p.root / "strategies", p.say,
+                                         _min_epochs(space))
+        if c.strategies:
+            result.strategies = strategies.run_strategies(ctx, trials)
+        if c.stage2_methods:
+            result.stage2_methods = strategies.run_stage2_methods(ctx, trials)
         result.wall_s = time.perf_counter() - t0
     _log(p.tree, parent, result)
     if output is not None:
@@ -248,6 +256,16 @@ def _log(tree: Any, run_id: str, result: CompareResult) -> None:
         tree.log_metrics(run_id, anytime.strategy_metrics(result.strategies))
         tree.log_text(run_id, anytime.strategies_markdown(result.strategies),
                       "report-strategies.md")
+    if result.stage2_methods:
+        from alrao_tune.report import samplers
+
+        rep = result.stage2_methods
+        tree.log_text(run_id, samplers.methods_markdown(rep), "report-stage2-methods.md")
+        tree.log_metrics(run_id, {
+            f"stage2_method/{stages.safe_name(row.method)}/{name}": float(getattr(row, name))
+            for row in rep["table"].itertuples()
+            for name in ("trials_mean", "epochs_mean", "regret_after_1")
+            if math.isfinite(float(getattr(row, name)))})
 
 
 def markdown(rep: dict[str, Any]) -> str:
@@ -275,6 +293,12 @@ def write_outputs(result: CompareResult, output: Path, tree: Any | None = None) 
     (output / "compare.json").write_text(json.dumps(result.to_json(), indent=2))
     if result.strategies:
         _write_strategies(result, output, tree)
+    if result.stage2_methods:
+        from alrao_tune.report import samplers
+
+        rep = result.stage2_methods
+        (output / "report-stage2-methods.md").write_text(samplers.methods_markdown(rep))
+        rep["curves"].to_csv(output / "stage2-methods-curves.csv", index=False)
     for m, rep in result.reports.items():
         (output / f"report-momentum{m}.md").write_text(markdown(rep))
         rep["table1"].to_csv(output / f"table1-momentum{m}.csv", index=False)

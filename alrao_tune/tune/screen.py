@@ -229,7 +229,9 @@ class _Screening:
                               OPTUNA_STORAGE_TAG: self.optuna_url or "memory"})
         searcher = PerArchSearch(
             {n: stages.stage2_searcher(space, metric, mode, ranges[n], storage=self.optuna,
-                                       study_name=studies[n]) for n in chosen},
+                                       study_name=studies[n],
+                                       anchor=float(lr_eff.get(n, math.nan)))
+             for n in chosen},
             {n: stages.stage2_param_space(space, by_name[n]) for n in chosen},
             budget=s2.trials_per_arch, metric=metric, mode=mode,
             studies={n: (self.optuna, studies[n]) for n in chosen},
@@ -237,7 +239,8 @@ class _Screening:
         job = TuneJob(
             name="stage2", param_space={}, storage=p.root,
             resources=space.resources.model_dump(), metric=metric, mode=mode,
-            num_samples=s2.trials_per_arch * len(chosen), search_alg=searcher)
+            num_samples=s2.trials_per_arch * len(chosen), search_alg=searcher,
+            scheduler=stages.stage2_scheduler(space, metric, mode))
         frame = p.stage(job, run, "stage2", name_fn=_trial_name, total=job.num_samples)
         if orphans := optuna_storage.close_studies(self.optuna, list(studies.values())):
             p.say(f"  {orphans} Optuna trial(s) a kill left RUNNING ended FAIL")

@@ -15,10 +15,23 @@ import pickle
 from collections.abc import Mapping
 from typing import Any
 
+from ray.tune.schedulers import FIFOScheduler
 from ray.tune.search import Searcher
 
 
-class PerArchSearch(Searcher):
+class _PickledState:
+    """Tune's save/restore of a searcher or scheduler: its whole state, pickled."""
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__dict__.copy(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__dict__.update(pickle.load(f))
+
+
+class PerArchSearch(_PickledState, Searcher):
     """Round-robin over per-architecture searchers, each with its own trial budget.
 
     Args:
@@ -99,13 +112,6 @@ class PerArchSearch(Searcher):
                 self._searchers[self._owner[trial_id]].on_trial_complete(trial_id, result,
                                                                          error)
 
-    def save(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "wb") as f:
-            pickle.dump(self.__dict__.copy(), f)
-
-    def restore(self, checkpoint_path: str) -> None:
-        with open(checkpoint_path, "rb") as f:
-            self.__dict__.update(pickle.load(f))
 
 
 def _told_before() -> contextlib.AbstractContextManager[None]:
@@ -115,3 +121,68 @@ def _told_before() -> contextlib.AbstractContextManager[None]:
     import optuna
 
     return contextlib.suppress(optuna.exceptions.UpdateFinishedTrialError)
+
+
+class PerArchScheduler(_PickledState, FIFOScheduler):
+    """ASHA per architecture inside stage 2's one experiment (``stage2.scheduler: asha``).
+
+    Ray's ``ASHAScheduler`` compares every trial of an experiment with every other, but
+    stage 2's trials of different architectures are not comparable: a weak architecture's
+    good rate would be stopped by a strong architecture's rung. Each architecture here has
+    its own ``ASHAScheduler`` (over ``training_iteration``, ``max_t`` epochs, its grace period
+    and reduction factor), created when its first trial arrives; the trial's architecture
+    is the ``arch_name`` of its config.
+    """
+
+    def __init__(self, max_t: int, metric: str, mode: str, *, grace_period: int = 1,
+                 reduction_factor: float = 4) -> None:
+        super().__init__()
+        self._metric, self._mode = metric, mode
+        self._options = {"max_t": max_t, "grace_period": min(grace_period, max_t),
+                         "reduction_factor": reduction_factor}
+        self._by_arch: dict[str, Any] = {}
+        self._arch_of: dict[str, str] = {}
+        self._live: set[str] = set()  # trials added to their ASHA and not yet ended there
+
+    def set_search_properties(self, metric: str | None, mode: str | None,
+                              **spec: Any) -> bool:
+        return True  # set at construction: the experiment's own metric and mode
+
+    def _asha(self, trial: Any) -> Any:
+        from ray.tune.schedulers import ASHAScheduler
+
+        from alrao_tune.tune.trainable import trial_config
+
+        arch = self._arch_of.get(trial.trial_id)
+        if arch is None:
+            arch = str(trial_config(trial.config).get("arch_name", ""))
+            self._arch_of[trial.trial_id] = arch
+        if arch not in self._by_arch:
+            self._by_arch[arch] = ASHAScheduler(
+                time_attr="training_iteration", metric=self._metric, mode=self._mode,
+                **self._options)
+        return self._by_arch[arch]
+
+    def on_trial_add(self, tune_controller: Any, trial: Any) -> None:
+        self._asha(trial).on_trial_add(tune_controller, trial)
+        self._live.add(trial.trial_id)
+
+    def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+        return self._asha(trial).on_trial_result(tune_controller, trial, result)
+
+    def on_trial_complete(self, tune_controller: Any, trial: Any, result: dict) -> None:
+        if trial.trial_id in self._live:
+            self._live.discard(trial.trial_id)
+            self._asha(trial).on_trial_complete(tune_controller, trial, result)
+
+    def on_trial_error(self, tune_controller: Any, trial: Any) -> None:
+        self.on_trial_remove(tune_controller, trial)
+
+    def on_trial_remove(self, tune_controller: Any, trial: Any) -> None:
+        if trial.trial_id in self._live:
+            self._live.discard(trial.trial_id)
+            self._asha(trial).on_trial_remove(tune_controller, trial)
+
+    def debug_string(self) -> str:
+        return "per-architecture ASHA: " + ", ".join(sorted(self._by_arch))
+

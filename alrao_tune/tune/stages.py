@@ -119,13 +119,17 @@ def lr_bounds(space: SearchSpace, lr_eff: float) -> tuple[float, float]:
 
 def stage2_searcher(space: SearchSpace, metric: str, mode: str,
                     lr_range: tuple[float, float] | None = None, *, storage: Any = None,
-                    study_name: str | None = None) -> Any:
+                    study_name: str | None = None, anchor: float = math.nan) -> Any:
     """OptunaSearch over lr (log; ``lr_range`` or ``stage2.lr``) and the opened momentum /
     weight decay ranges, on the study ``study_name`` of ``storage`` (an Optuna storage,
-    see :mod:`alrao_tune.tune.optuna_storage`; None: a new in-memory study). The first
-    point (Alrao's rate) is enqueued by :class:`~alrao_tune.tune.search.PerArchSearch`."""
+    see :mod:`alrao_tune.tune.optuna_storage`; None: a new in-memory study), with the
+    sampler ``stage2.sampler`` (:func:`alrao_tune.tune.samplers.make_sampler`; ``anchor``,
+    the architecture's Alrao effective rate, centres ``bracket``). The first point
+    (Alrao's rate) is enqueued by :class:`~alrao_tune.tune.search.PerArchSearch`."""
     import optuna
     from ray.tune.search.optuna import OptunaSearch
+
+    from alrao_tune.tune.samplers import make_sampler
 
     s2 = space.stage2
     low, high = lr_range or (s2.lr.low, s2.lr.high)
@@ -135,12 +139,20 @@ def stage2_searcher(space: SearchSpace, metric: str, mode: str,
         if not isinstance(value, (int, float)):
             dists[key] = optuna.distributions.FloatDistribution(
                 value.low, value.high, log=bool(getattr(value, "log", False)))
-    if s2.sampler == "random":
-        sampler = optuna.samplers.RandomSampler(seed=s2.seed)
-    else:
-        sampler = optuna.samplers.TPESampler(seed=s2.seed)
+    sampler = make_sampler(s2.sampler, seed=s2.seed, startup_trials=s2.startup_trials,
+                           anchor=anchor, low=low, high=high)
     return OptunaSearch(space=dists, metric=metric, mode=mode, sampler=sampler,
                         storage=storage, study_name=study_name)
+
+
+def stage2_scheduler(space: SearchSpace, metric: str, mode: str) -> Any:
+    """``stage2.scheduler: asha``: one ASHA per architecture (None: every trial runs out)."""
+    if space.stage2.scheduler != "asha":
+        return None
+    from alrao_tune.tune.search import PerArchScheduler
+
+    return PerArchScheduler(space.training.epochs, metric, mode,
+                            grace_period=max(1, space.training.min_epochs))
 
 
 def safe_name(text: str) -> str:

@@ -75,18 +75,27 @@ def run_strategies(ctx: StrategyContext, trials: pd.DataFrame) -> dict[str, Any]
     ctx.say(f"strategies: {', '.join(c.strategies)} x {c.repeats} repeat(s); asha / "
             f"asha_tpe / random stop after {ctx.budget_epochs:.0f} epochs "
             f"({c.strategy_budget:g} x the grid's {grid_epochs:.0f} on one seed)")
+    logs = _each(ctx, "strategy", c.strategies, lambda s, r: run_strategy(ctx, s, r))
+    return anytime.strategy_report(logs, trials, ctx.momentum)
+
+
+def _each(ctx: StrategyContext, what: str, names: list[str],
+          run: Callable[[str, int], pd.DataFrame], prefix: str = "") -> pd.DataFrame:
+    """``run(name, repeat)`` for every repeat and name, each log kept in
+    ``<root>/<prefix><name>-r<repeat>.csv``; one written by an earlier invocation is read
+    instead of run again. All logs, concatenated."""
     logs = []
-    for repeat in range(c.repeats):
-        for strategy in c.strategies:
-            path = ctx.root / f"{strategy}-r{repeat}.csv"
+    for repeat in range(ctx.space.compare.repeats):
+        for name in names:
+            path = ctx.root / f"{prefix}{stages.safe_name(name)}-r{repeat}.csv"
             if path.exists():
-                ctx.say(f"strategy {strategy} repeat {repeat}: finished before, read {path}")
+                ctx.say(f"{what} {name} repeat {repeat}: finished before, read {path}")
                 log = pd.read_csv(io.StringIO(path.read_text()))
             else:
-                log = run_strategy(ctx, strategy, repeat)
+                log = run(name, repeat)
                 path.write_text(log.to_csv(index=False))
             logs.append(log)
-    return anytime.strategy_report(pd.concat(logs, ignore_index=True), trials, ctx.momentum)
+    return pd.concat(logs, ignore_index=True)
 
 
 def run_strategy(ctx: StrategyContext, strategy: str, repeat: int) -> pd.DataFrame:
@@ -271,3 +280,82 @@ class EpochBudget(Stopper):
 
     def stop_all(self) -> bool:
         return sum(self.epochs.values()) >= self.budget
+
+
+def run_stage2_methods(ctx: StrategyContext, trials: pd.DataFrame) -> dict[str, Any]:
+    """Every stage-2 method of ``compare.stage2_methods``, ``compare.repeats`` times (a
+    finished one is read from ``<comparison>/strategies/stage2-<method>-r<repeat>.csv``),
+    and the report (:func:`alrao_tune.report.samplers.method_report`)."""
+    from alrao_tune.report import samplers
+
+    c = ctx.space.compare
+    ctx.root.mkdir()
+    ctx.say(f"stage-2 methods: {', '.join(c.stage2_methods)} x {c.repeats} repeat(s), "
+            f"{ctx.space.stage2.trials_per_arch} trials on every architecture")
+    logs = _each(ctx, "stage-2 method", c.stage2_methods,
+                 lambda m, r: _stage2_method(ctx, trials, m, r), prefix="stage2-")
+    return samplers.method_report(logs, trials, ctx.momentum)
+
+
+def _stage2_method(ctx: StrategyContext, trials: pd.DataFrame, method: str,
+                   repeat: int) -> pd.DataFrame:
+    """One stage-2 method once (sampler seed ``repeat``): every architecture gets its own
+    study in one Tune experiment (:class:`PerArchSearch`), its first trial at the
+    architecture's Alrao effective rate from the comparison's Alrao run of seed
+    ``compare.seeds[repeat % len(seeds)]``; trials train like the grid (plain SGD with the
+    truth's momentum, the same minimum epochs), their test accuracy tracked."""
+    import optuna
+
+    from alrao_tune.schema import parse_stage2_method
+    from alrao_tune.tracking.callback import MLflowTrialCallback
+    from alrao_tune.tune.driver import progress_callback
+    from alrao_tune.tune.runner import TuneJob, run_job
+    from alrao_tune.tune.search import PerArchSearch
+
+    space = ctx.space
+    variant = space.model_copy(update={"stage2": space.stage2.model_copy(
+        update={**parse_stage2_method(method), "seed": repeat})})
+    seeds = list(space.compare.seeds)
+    alrao = trials[(trials["proxy"] == "alrao") & (trials["seed"] == seeds[repeat % len(seeds)])]
+    lr_eff = {str(a): float(v) for a, v in zip(alrao["arch"], alrao["lr_eff"])}
+    archs = {a["name"]: a for a in space.architectures_resolved()}
+    key = f"stage2-{method}-r{repeat}"
+    run = ctx.tree.start(f"stage-2 method {method} r{repeat}", parent_run_id=ctx.parent,
+                         params={"stage2_method": method, "repeat": repeat},
+                         tags={KIND_TAG: "stage2_method"})
+    storage = optuna.storages.InMemoryStorage()
+    studies = {n: f"{key}/{n}" for n in archs}
+    searchers, first = {}, {}
+    for n in archs:
+        eff = lr_eff.get(n, math.nan)
+        searchers[n] = stages.stage2_searcher(
+            variant, "best_val_loss", "min", stages.lr_bounds(variant, eff), storage=storage,
+            study_name=studies[n], anchor=eff)
+        if (point := stages.seed_point(variant, eff)) is not None:
+            first[n] = {"lr": point}
+    budget = variant.stage2.trials_per_arch
+    searcher = PerArchSearch(
+        searchers, {n: _constants(ctx, a, method, repeat) for n, a in archs.items()},
+        budget=budget, metric="best_val_loss", mode="min",
+        studies={n: (storage, studies[n]) for n in archs}, first_points=first)
+    total = budget * len(archs)
+    ctx.say(f"stage-2 method {method} repeat {repeat}: {budget} trials x {len(archs)} "
+            "architectures")
+    callback = MLflowTrialCallback(ctx.tree, run, trial_name_fn=_name)
+    job = TuneJob(
+        name=f"{stages.safe_name(key)}-{time.strftime('%Y%m%d-%H%M%S')}", param_space={},
+        storage=ctx.root, resources=space.resources.model_dump(), metric="best_val_loss",
+        mode="min", num_samples=total, search_alg=searcher,
+        scheduler=stages.stage2_scheduler(variant, "best_val_loss", "min"),
+        callbacks=[callback, progress_callback(ctx.say, method, total, _name, 0)])
+    status = "FAILED"
+    try:
+        log = trial_log(run_job(job), method).assign(repeat=repeat)
+        status = "FINISHED"
+        return log
+    except KeyboardInterrupt:
+        status = "KILLED"
+        raise
+    finally:
+        callback.close()
+        ctx.tree.end(run, status)
