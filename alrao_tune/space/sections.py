@@ -288,8 +288,9 @@ class Compare(_Model):
     asha: StrategyAsha = Field(default_factory=StrategyAsha)
     # stage-2 methods measured head to head (<sampler>[:<startup trials>][+asha], e.g.
     # tpe, tpe:3, gp:3, bracket, bracket+asha): each tunes EVERY architecture from its Alrao
-    # effective rate with stage2.trials_per_arch trials, compare.repeats times; [] = none
+    # effective rate with stage2_trials trials, compare.repeats times; [] = none
     stage2_methods: list[str] = Field(default_factory=list)
+    stage2_trials: int | None = Field(None, ge=1)  # null: stage2.trials_per_arch
 
     @field_validator("stage2_methods")
     @classmethod

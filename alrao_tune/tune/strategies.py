@@ -291,7 +291,8 @@ def run_stage2_methods(ctx: StrategyContext, trials: pd.DataFrame) -> dict[str, 
     c = ctx.space.compare
     ctx.root.mkdir()
     ctx.say(f"stage-2 methods: {', '.join(c.stage2_methods)} x {c.repeats} repeat(s), "
-            f"{ctx.space.stage2.trials_per_arch} trials on every architecture")
+            f"{c.stage2_trials or ctx.space.stage2.trials_per_arch} trials on every "
+            "architecture")
     logs = _each(ctx, "stage-2 method", c.stage2_methods,
                  lambda m, r: _stage2_method(ctx, trials, m, r), prefix="stage2-")
     return samplers.method_report(logs, trials, ctx.momentum)
@@ -333,7 +334,7 @@ def _stage2_method(ctx: StrategyContext, trials: pd.DataFrame, method: str,
             study_name=studies[n], anchor=eff)
         if (point := stages.seed_point(variant, eff)) is not None:
             first[n] = {"lr": point}
-    budget = variant.stage2.trials_per_arch
+    budget = space.compare.stage2_trials or variant.stage2.trials_per_arch
     searcher = PerArchSearch(
         searchers, {n: _constants(ctx, a, method, repeat) for n, a in archs.items()},
         budget=budget, metric="best_val_loss", mode="min",

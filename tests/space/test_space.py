@@ -26,6 +26,13 @@ SHIPPED = sorted(SPACES.glob("*.yaml"))
 
 
 # ----------------------------------------------------------------------------- shipped files
+def shipped_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The environment the shipped spaces read: a CIFAR-10 folder, a text file."""
+    monkeypatch.setenv("ALRAO_TUNE_CIFAR10", str(tmp_path))
+    (tmp_path / "corpus.txt").write_text("the quick brown fox jumps over the lazy dog\n" * 40)
+    monkeypatch.setenv("ALRAO_TUNE_TEXT", str(tmp_path / "corpus.txt"))
+
+
 def test_shipped_files_exist() -> None:
     names = {p.name for p in SHIPPED}
     assert {"quickstart.yaml", "mnist1d.yaml", "digits.yaml", "cifar10.yaml"} <= names
@@ -33,7 +40,7 @@ def test_shipped_files_exist() -> None:
 
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_shipped_files_parse(path: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALRAO_TUNE_CIFAR10", str(tmp_path))
+    shipped_env(tmp_path, monkeypatch)
     space = load_space(path)
     archs = space.architectures_resolved()
     # every architecture has a unique name and a known family (or a builder)
@@ -186,7 +193,7 @@ def test_resolved_architectures_are_copies() -> None:
 
 # ----------------------------------------------------------------------------- round trip
 def test_to_dict_round_trip(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("ALRAO_TUNE_CIFAR10", str(tmp_path))
+    shipped_env(tmp_path, monkeypatch)
     for path in SHIPPED:
         space = load_space(path)
         assert parse_space(space.to_dict()) == space
