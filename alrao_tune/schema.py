@@ -35,6 +35,18 @@ STAGE1_PROXIES = ("alrao", "adam", *LR_FREE_METHODS)
 # these, ``two_stage_<proxy>`` screens with another stage-1 proxy.
 STRATEGIES = ("two_stage", "asha", "asha_tpe", "random")
 STAGE2_SAMPLERS = ("tpe", "gp", "random", "bracket")  # stage2.sampler
+# ``compare.alrao_variants``: the Alrao settings a variant may change, and their short names
+ALRAO_VARIANT_KEYS = {"lr_min": "min", "lr_max": "max", "head_lr_min": "hmin",
+                      "head_lr_max": "hmax", "n_heads": "K", "theta": "theta"}
+
+
+def alrao_variant_name(variant: dict[str, float]) -> str:
+    """The proxy name of an Alrao variant: ``alrao_`` + its settings in
+    :data:`ALRAO_VARIANT_KEYS` order, e.g. ``{"n_heads": 3}`` -> ``alrao_K3``,
+    ``{"head_lr_max": 10, "theta": 0.99}`` -> ``alrao_hmax10_theta0.99``."""
+    parts = [f"{short}{variant[key]:g}" for key, short in ALRAO_VARIANT_KEYS.items()
+             if key in variant]
+    return "_".join(["alrao", *parts])
 
 
 def parse_stage2_method(name: str) -> dict[str, object]:

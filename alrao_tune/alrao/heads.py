@@ -69,6 +69,8 @@ class AlraoHeads(nn.Module):
         out_features: number of classes (or regression output dimension) C.
         n_heads: number of heads K.
         task: ``"classification"`` or ``"regression"``.
+        interval: ``(lr_min, lr_max)`` of the heads' rates when they should differ from the
+            body's interval (the one the optimizer passes); None: the optimizer's.
         device: device of the parameters.
         dtype: dtype of the parameters.
     """
@@ -80,6 +82,7 @@ class AlraoHeads(nn.Module):
         n_heads: int = 10,
         task: str = "classification",
         *,
+        interval: tuple[float, float] | None = None,
         device: torch.device | str | None = None,
         dtype: torch.dtype | None = None,
     ) -> None:
@@ -91,8 +94,11 @@ class AlraoHeads(nn.Module):
             raise ValueError(f"n_heads must be an integer >= 1, but got {n_heads=}.")
         if task not in TASKS:
             raise ValueError(f"task must be one of {TASKS}, but got {task=}.")
+        if interval is not None:
+            head_learning_rates(1, *interval)  # checks 0 < lr_min <= lr_max
+            interval = (float(interval[0]), float(interval[1]))
         self.in_features, self.out_features = in_features, out_features
-        self.n_heads, self.task = n_heads, task
+        self.n_heads, self.task, self.interval = n_heads, task, interval
         factory = {"device": device, "dtype": dtype}
         self.weight = nn.Parameter(torch.empty(n_heads, out_features, in_features, **factory))
         self.bias = nn.Parameter(torch.empty(n_heads, out_features, **factory))
@@ -162,8 +168,9 @@ class AlraoHeads(nn.Module):
         return 0.5 * sq + 0.5 * self.out_features * _LOG_2PI
 
     def head_rates(self, lr_min: float, lr_max: float) -> Tensor:
-        """The fixed learning rate of each head, see :func:`head_learning_rates`; shape [K]."""
-        return head_learning_rates(self.n_heads, lr_min, lr_max)
+        """The fixed learning rate of each head, see :func:`head_learning_rates`, over
+        ``[lr_min, lr_max]`` or, when set, the heads' own ``interval``; shape [K]."""
+        return head_learning_rates(self.n_heads, *(self.interval or (lr_min, lr_max)))
 
     def alrao_feature_lrs(self, lr_min: float, lr_max: float) -> dict[str, tuple[int, Tensor]]:
         """Per-parameter learning-rate vectors for Alrao's optimizers.
@@ -181,4 +188,5 @@ class AlraoHeads(nn.Module):
         return (
             f"in_features={self.in_features}, out_features={self.out_features}, "
             f"n_heads={self.n_heads}, task={self.task!r}"
+            + (f", interval={self.interval}" if self.interval else "")
         )

@@ -66,6 +66,8 @@ class AlraoModel(nn.Module):
         output: optional callable mapping the pre-classifier's raw output to the features;
             default :func:`~alrao_tune.alrao.convert.select_features` (a tensor, ``.logits``
             of a ``ModelOutput`` or dict, or the first element of a tuple).
+        head_interval: ``(lr_min, lr_max)`` of the heads when it should differ from the
+            optimizer's (the body's) interval; None: the same interval as the body.
 
     Inputs: ``x`` is passed to the pre-classifier as is, or as keyword arguments when it is
     a mapping (``{"input_ids": ..., "attention_mask": ...}`` for Hugging Face models).
@@ -85,6 +87,7 @@ class AlraoModel(nn.Module):
         task: str = "classification",
         theta: float = 0.999,
         output: OutputFn | None = None,
+        head_interval: tuple[float, float] | None = None,
     ) -> None:
         super().__init__()
         if isinstance(n_heads, bool) or not isinstance(n_heads, int) or n_heads < 1:
@@ -97,7 +100,8 @@ class AlraoModel(nn.Module):
         self.replaced: str | None = None  # set by from_model: the classifier it replaced
         param = next(preclassifier.parameters(), None)
         factory = {} if param is None else {"device": param.device, "dtype": param.dtype}
-        self.heads = AlraoHeads(in_features, n_classes, n_heads, task, **factory)
+        self.heads = AlraoHeads(in_features, n_classes, n_heads, task, interval=head_interval,
+                                **factory)
         self.switch = Switch(n_heads, theta, device=factory.get("device"))
 
     @property

@@ -67,6 +67,15 @@ def curve_area(values: Sequence[float], epochs: int | None = None) -> float:
     return float(sum(head) / len(head))
 
 
+def value_at_epoch(values: Sequence[float], epoch: int | None) -> float:
+    """A run's per-epoch value at ``epoch`` (1-based; the last one when it stopped before,
+    all of them when ``epoch`` is None or 0: the last); inf for an empty curve or a
+    non-finite value (a diverged run)."""
+    head = list(values)[:epoch] if epoch else list(values)
+    value = head[-1] if head else math.inf
+    return float(value) if math.isfinite(value) else math.inf
+
+
 def proxy_tables(trials: pd.DataFrame, *, default_lr: float, momentum: float) -> dict[str,
                                                                                        pd.DataFrame]:
     """Score tables (lower is better) of every cheap proxy present in ``trials``.
@@ -75,8 +84,12 @@ def proxy_tables(trials: pd.DataFrame, *, default_lr: float, momentum: float) ->
     ``alrao_best_head`` (the best head's validation loss of the same Alrao runs), with a
     ``train_area`` column (:func:`curve_area`) ``alrao_train_area`` and
     ``alrao_val_plus_area`` (validation loss + training-curve area: a model that reaches
-    a low loss fast scores better), ``sgd_default`` from the grid when the default rate
-    is a grid point, the rank ensemble of Alrao and Adam, and the parameter count.
+    a low loss fast scores better), with a ``val_at_epoch`` column ``alrao_at_epoch`` (the
+    validation loss at a fixed epoch instead of the best epoch's), with two seeds or more
+    ``alrao_draws2`` (the mean of two Alrao runs' scores: seed s and the next seed, two
+    draws of the random rates at twice the cost), ``sgd_default`` from the grid when the
+    default rate is a grid point, the rank ensemble of Alrao and Adam, and the parameter
+    count.
     """
     out: dict[str, pd.DataFrame] = {}
     present = set(trials["proxy"]) - {"sgd"}
@@ -92,6 +105,14 @@ def proxy_tables(trials: pd.DataFrame, *, default_lr: float, momentum: float) ->
                 math.inf)
             out["alrao_train_area"] = _table(alrao, area)
             out["alrao_val_plus_area"] = _table(alrao, _loss(alrao) + area)
+        if "val_at_epoch" in alrao and alrao["val_at_epoch"].notna().any():
+            at = alrao["val_at_epoch"].where(np.isfinite(_loss(alrao)), math.inf)
+            out["alrao_at_epoch"] = _table(alrao, at.fillna(math.inf))
+        one = out["alrao"]
+        if one.shape[1] >= 2:
+            cols = list(one.columns)
+            out["alrao_draws2"] = pd.DataFrame(
+                {s: (one[s] + one[cols[(i + 1) % len(cols)]]) / 2 for i, s in enumerate(cols)})
     if "sgd_default" not in out:
         grid = grid_rows(trials, momentum)
         rows = grid[np.isclose(grid["lr"], default_lr)]

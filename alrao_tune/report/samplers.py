@@ -78,7 +78,8 @@ def method_table(curves: pd.DataFrame, target: float = TARGET,
     """Per method, over every (architecture, repeat): ``reached`` of ``cases`` got within
     ``target``; the mean and median trials (and mean epochs) to get there, counting a case
     that never did as its trials + 1 (its epochs: all it ran; a lower bound, said by
-    ``reached``); the mean regret after 1, 2, ... trials (``after``; a case with fewer
+    ``reached``); the mean regret after 1, 2, ... trials (``after``, up to the most trials
+    any case had; a case with fewer
     trials keeps its last value; one with no answer yet is left out) and the mean epochs
     per trial."""
     rows = []
@@ -94,7 +95,8 @@ def method_table(curves: pd.DataFrame, target: float = TARGET,
                                              for c in cases),
             "cases": len(cases), "trials_mean": float(np.mean(trials)),
             "trials_median": float(np.median(trials)), "epochs_mean": float(np.mean(epochs))}
-        for n in after:
+        most = int(group["trials"].max())
+        for n in [n for n in after if n <= most] or [most]:
             got = [v for c in cases if math.isfinite(v := c["regret"].iloc[min(n, len(c)) - 1])]
             row[f"regret_after_{n}"] = float(np.mean(got)) if got else math.nan
         row["epochs_per_trial"] = float(group.groupby(["repeat", "arch"])["epochs"].max().sum()

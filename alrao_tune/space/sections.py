@@ -25,6 +25,8 @@ from pydantic import (
     model_validator,
 )
 
+from alrao_tune.schema import ALRAO_VARIANT_KEYS, alrao_variant_name
+
 from .constants import (
     DATASETS,
     LR_FREE_METHODS,
@@ -126,6 +128,9 @@ class Alrao(_Model):
 
     lr_min: float = Field(1e-4, gt=0)  # measured: see README "Does the proxy work?"
     lr_max: float = 1.0
+    # the heads' own interval, when it should differ from the body's (null: lr_min/lr_max)
+    head_lr_min: float | None = Field(None, gt=0)
+    head_lr_max: float | None = Field(None, gt=0)
     n_heads: int = Field(10, ge=1)
     theta: float = Field(0.999, gt=0, lt=1)
     optimizer: Literal["sgd", "adam"] = "sgd"
@@ -136,6 +141,10 @@ class Alrao(_Model):
     def _interval(self) -> Alrao:
         if not self.lr_min < self.lr_max:
             raise _Invalid("lr_min", self.lr_min, f"must be < lr_max ({self.lr_max})")
+        low = self.lr_min if self.head_lr_min is None else self.head_lr_min
+        high = self.lr_max if self.head_lr_max is None else self.head_lr_max
+        if not low <= high:
+            raise _Invalid("head_lr_min", low, f"must be <= the heads' lr_max ({high})")
         return self
 
 
@@ -277,6 +286,10 @@ class Compare(_Model):
     alrao_momentum: list[float] = Field(default_factory=list)  # proxies: Alrao-SGD with momentum
     # proxies: Alrao on other intervals [lr_min, lr_max] (the paper's Fig. 3 question)
     alrao_ranges: list[list[float]] = Field(default_factory=list)
+    # proxies: Alrao with other settings, each a mapping of lr_min, lr_max, head_lr_min,
+    # head_lr_max, n_heads, theta (the rest from ``alrao``), e.g. {n_heads: 3} ->
+    # proxy alrao_K3; {head_lr_max: 10} -> alrao_hmax10 (issue 14 item 5)
+    alrao_variants: list[dict[str, float]] = Field(default_factory=list)
     # single-run proxies: learning-rate-free methods at their defaults
     lr_free: list[str] = Field(default_factory=lambda: list(LR_FREE_METHODS))
     # end-to-end screening strategies (``all``: two_stage, asha, asha_tpe, random)
@@ -304,6 +317,21 @@ class Compare(_Model):
                 raise _Invalid(f"[{i}]", name, str(err)) from None
         if len(set(values)) < len(values):
             raise _Invalid("", values, "lists a name twice")
+        return values
+
+    @field_validator("alrao_variants")
+    @classmethod
+    def _variants(cls, values: list[dict[str, float]]) -> list[dict[str, float]]:
+        for i, variant in enumerate(values):
+            for key, value in variant.items():
+                _check_choice(f"[{i}].{key}", key, tuple(ALRAO_VARIANT_KEYS), "Alrao setting")
+                if not (isinstance(value, (int, float)) and value > 0):
+                    raise _Invalid(f"[{i}].{key}", value, "must be a positive number")
+            if not variant:
+                raise _Invalid(f"[{i}]", variant, "names no setting (e.g. {n_heads: 3})")
+        names = [alrao_variant_name(v) for v in values]
+        if len(set(names)) < len(names):
+            raise _Invalid("", values, "lists a variant twice")
         return values
 
     @field_validator("seeds", mode="before")

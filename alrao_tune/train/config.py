@@ -47,6 +47,8 @@ class TrainConfig:
         nesterov: Nesterov momentum for SGD.
         lr_min: lower end of Alrao's log-uniform learning-rate interval.
         lr_max: upper end of Alrao's interval.
+        head_lr_min, head_lr_max: the interval of the heads' rates when it should differ
+            from the body's (None: ``lr_min`` / ``lr_max``).
         n_heads: number of output-layer clones K averaged by the switch.
         theta: switch prior parameter (the paper uses 0.999).
         alrao_optimizer: the update rule the Alrao per-feature rates are used with.
@@ -78,6 +80,8 @@ class TrainConfig:
     nesterov: bool = False
     lr_min: float = 1e-4
     lr_max: float = 1.0
+    head_lr_min: float | None = None
+    head_lr_max: float | None = None
     n_heads: int = 10
     theta: float = 0.999
     alrao_optimizer: str = "sgd"
@@ -114,8 +118,20 @@ class TrainConfig:
         for key, value, ok, allowed in checks:
             if not ok:
                 raise ConfigError(f"{key} must be {allowed}, but got {key}={value!r}.")
+        low, high = self.head_interval or (self.lr_min, self.lr_max)
+        if not 0 < low <= high:
+            raise ConfigError(f"the heads' interval must have 0 < head_lr_min <= head_lr_max, "
+                              f"but got [{low!r}, {high!r}].")
         if self.nesterov and self.momentum <= 0:
             raise ConfigError("nesterov=True needs momentum > 0; set momentum (e.g. 0.9).")
+
+    @property
+    def head_interval(self) -> tuple[float, float] | None:
+        """The heads' own ``(lr_min, lr_max)``, or None when they share the body's."""
+        if self.head_lr_min is None and self.head_lr_max is None:
+            return None
+        return (self.lr_min if self.head_lr_min is None else self.head_lr_min,
+                self.lr_max if self.head_lr_max is None else self.head_lr_max)
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any]) -> TrainConfig:

@@ -149,7 +149,8 @@ class AlraoMethod(PlainMethod):
               device: torch.device) -> tuple[nn.Module, torch.optim.Optimizer]:
         cfg = self.config
         model = AlraoModel(zoo_model.preclassifier, zoo_model.feature_dim, n_outputs,
-                           n_heads=cfg.n_heads, task=self.task, theta=cfg.theta).to(device)
+                           n_heads=cfg.n_heads, task=self.task, theta=cfg.theta,
+                           head_interval=cfg.head_interval).to(device)
         try:
             if cfg.alrao_optimizer == "sgd":
                 opt: torch.optim.Optimizer = AlraoSGD(

@@ -32,6 +32,7 @@ import pandas as pd
 
 from alrao_tune.report import compare as report_compare
 from alrao_tune.report import fidelity
+from alrao_tune.schema import alrao_variant_name
 from alrao_tune.space import SearchSpace, load_space
 from alrao_tune.tune import stages
 from alrao_tune.tune.driver import Pipeline, Progress, Trainable, json_value, run_pipeline
@@ -70,6 +71,9 @@ def compare_trials(space: SearchSpace, seeds: Sequence[int]) -> list[dict[str, A
                        for m in c.alrao_momentum]
             trials += [trial(f"alrao_range{lo:g}-{hi:g}", "alrao", lr_min=lo, lr_max=hi)
                        for lo, hi in c.alrao_ranges]
+            trials += [trial(alrao_variant_name(v), "alrao",
+                             **{k: int(x) if k == "n_heads" else float(x) for k, x in v.items()})
+                       for v in c.alrao_variants]
             if c.alrao_auto_range:
                 trials.append(trial("alrao_auto", "alrao", lr_find="alrao_range"))
             if c.lr_find:
@@ -206,18 +210,24 @@ def _curves(tree: Any, trials: pd.DataFrame, area_epochs: int
             ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Learning curves read back from MLflow: ``trials`` with a ``train_area`` column (the
     training-curve area of each Alrao run over its first ``area_epochs`` epochs, see
-    :func:`report_compare.curve_area`), and the per-epoch validation loss of the first
-    seed's grid and Alrao runs (``report_compare.curves_data``)."""
+    :func:`report_compare.curve_area`) and a ``val_at_epoch`` column (the validation loss
+    of each ``alrao`` run at epoch ``area_epochs``, the minimum epochs), and the per-epoch
+    validation loss of the first seed's grid and Alrao runs (``report_compare.curves_data``).
+    """
     def history(run_id: Any, key: str) -> list[tuple[int, float]]:
         if not isinstance(run_id, str) or not run_id:
             return []
         return sorted((m.step, m.value) for m in tree.client.get_metric_history(run_id, key))
 
     area = pd.Series(math.nan, index=trials.index)
+    at_epoch = pd.Series(math.nan, index=trials.index)
     for i, row in trials[trials["method"] == "alrao"].iterrows():
         values = [v for _, v in history(row["run_id"], "train_loss")]
         if values:
             area[i] = report_compare.curve_area(values, area_epochs or None)
+        if row["proxy"] == "alrao" and (val := [v for _, v in history(row["run_id"],
+                                                                       "val_loss")]):
+            at_epoch[i] = report_compare.value_at_epoch(val, area_epochs or None)
     records = []
     if len(trials):
         first = trials[(trials["seed"] == trials["seed"].min())
@@ -226,7 +236,8 @@ def _curves(tree: Any, trials: pd.DataFrame, area_epochs: int
             label = "alrao" if row.proxy == "alrao" else f"sgd_m{row.momentum:g}"
             records += [{"arch": row.arch, "proxy": label, "lr": row.lr, "epoch": step,
                          "val_loss": v} for step, v in history(row.run_id, "val_loss")]
-    return trials.assign(train_area=area), report_compare.curves_data(records)
+    return (trials.assign(train_area=area, val_at_epoch=at_epoch),
+            report_compare.curves_data(records))
 
 
 def _name(trial: Any) -> str:

@@ -43,6 +43,8 @@ def train_config(space: SearchSpace, arch: dict[str, Any], *, method: str, seed:
         cfg.update(lr_min=a.lr_min, lr_max=a.lr_max, n_heads=a.n_heads, theta=a.theta,
                    alrao_optimizer=a.optimizer, momentum=a.momentum,
                    weight_decay=a.weight_decay, posterior_every=t.posterior_every)
+        cfg.update({k: getattr(a, k) for k in ("head_lr_min", "head_lr_max")
+                    if getattr(a, k) is not None})  # only when set: configs stay as they were
     return cfg
 
 

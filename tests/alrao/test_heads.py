@@ -130,3 +130,29 @@ def test_rejects_bad_arguments(kwargs: dict[str, object], match: str) -> None:
 def test_head_rates_reject_bad_interval(lr_min: float, lr_max: float) -> None:
     with pytest.raises(ValueError, match="need 0 < lr_min <= lr_max"):
         head_learning_rates(3, lr_min, lr_max)
+
+
+def test_heads_with_their_own_interval_leave_the_body_draws_unchanged() -> None:
+    from alrao_tune.alrao import AlraoModel, AlraoSGD
+
+    def build(head_interval):
+        torch.manual_seed(0)
+        model = AlraoModel(nn.Sequential(nn.Linear(5, 8), nn.ReLU()), 8, 3, n_heads=4,
+                           head_interval=head_interval)
+        return model, AlraoSGD(model, 1e-4, 1.0, seed=3)
+
+    same, opt_same = build(None)
+    wide, opt_wide = build((1e-3, 10.0))
+    rates = lambda opt, model, p: opt.state[p]["feature_lr"].double()  # noqa: E731
+    # the heads' rates follow their own interval, in the optimizer and for lr_eff
+    expected = head_learning_rates(4, 1e-3, 10.0).double()
+    torch.testing.assert_close(rates(opt_wide, wide, wide.heads.weight), expected)
+    torch.testing.assert_close(wide.heads.head_rates(1e-4, 1.0).double(), expected)
+    torch.testing.assert_close(rates(opt_same, same, same.heads.weight),
+                               head_learning_rates(4, 1e-4, 1.0).double())
+    # the body's per-feature rates are the same draws (the heads draw nothing)
+    body = lambda opt, model: rates(opt, model, model.preclassifier[0].weight)  # noqa: E731
+    torch.testing.assert_close(body(opt_wide, wide), body(opt_same, same))
+    assert "interval=(0.001, 10.0)" in repr(wide.heads)
+    with pytest.raises(ValueError, match="lr_min <= lr_max"):
+        AlraoHeads(8, 3, n_heads=4, interval=(1.0, 0.1))

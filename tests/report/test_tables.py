@@ -186,3 +186,26 @@ def test_pipeline_with_a_stage2_around_alraos_rate():
     assert both["share_of_grid"] == pytest.approx((16 + 80) / 80)
     assert table.loc[("±1 decade of lr_eff", 2), "share_of_grid"] == pytest.approx(
         (16 + 40) / 80)
+
+
+def test_value_at_epoch_is_the_fixed_epochs_value_or_the_last():
+    assert report_compare.value_at_epoch([2.0, 1.0, 0.5, 0.7], 3) == 0.5
+    assert report_compare.value_at_epoch([2.0, 1.0], 5) == 1.0  # stopped before epoch 5
+    assert report_compare.value_at_epoch([2.0, 1.0], None) == 1.0
+    assert report_compare.value_at_epoch([2.0, math.nan], 2) == math.inf
+    assert report_compare.value_at_epoch([], 2) == math.inf
+
+
+def test_fixed_epoch_and_two_draw_proxies():
+    trials = compare_trials()
+    alrao = trials["proxy"] == "alrao"
+    # seed 1's draw of p is a bad one: the two-draw mean of seeds (0, 1) and (1, 0) sees it
+    trials.loc[alrao & (trials["arch"] == "p") & (trials["seed"] == 1), "best_val_loss"] = 0.55
+    trials["val_at_epoch"] = math.nan
+    trials.loc[alrao, "val_at_epoch"] = trials.loc[alrao, "arch"].map({"p": 0.5, "q": 0.4})
+    tables = report_compare.proxy_tables(trials, default_lr=0.1, momentum=0.0)
+    assert tables["alrao_at_epoch"][0].to_dict() == {"p": 0.5, "q": 0.4}
+    draws = tables["alrao_draws2"]
+    assert draws[0].to_dict() == pytest.approx({"p": 0.40, "q": 0.35})  # seeds 0 and 1
+    assert draws[1].to_dict() == pytest.approx({"p": 0.40, "q": 0.35})  # seeds 1 and 0
+    assert tables["alrao"][1].to_dict() == pytest.approx({"p": 0.55, "q": 0.35})

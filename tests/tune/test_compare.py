@@ -23,6 +23,7 @@ SPACE = {
     # lr 1000 makes plain SGD diverge on these nets: a diverged grid point
     "compare": {"lr_grid": [0.1, 1000.0], "seeds": 1, "alrao_auto_range": False,
                 "alrao_momentum": [0.9], "alrao_ranges": [[0.01, 1.0]],
+                "alrao_variants": [{"n_heads": 2, "head_lr_max": 3.0}],
                 "lr_free": [], "strategies": []},  # both: tests/tune/test_strategies.py
 }
 
@@ -47,7 +48,8 @@ def test_compare_writes_table_report_and_figure(compared):
     proxies = {r["proxy"] for r in report["fidelity"]}
     assert {"alrao", "alrao_best_head", "adam", "lrfind_1cycle", "sgd_default",
             "param_count", "ensemble_alrao_adam", "alrao_momentum0.9", "alrao_train_area",
-            "alrao_val_plus_area", "alrao_range0.01-1"} <= proxies
+            "alrao_val_plus_area", "alrao_range0.01-1", "alrao_hmax3_K2",
+            "alrao_at_epoch"} <= proxies
     assert (out / "report-momentum0.0.md").read_text().startswith("### Table 1")
     assert (out / "scatter-momentum0.0.png").stat().st_size > 1000
     # Figure 2: per-epoch validation loss of every grid rate and of Alrao, read from MLflow
@@ -87,8 +89,13 @@ def test_every_run_is_in_mlflow_under_the_compare_run(compared):
     parent = result["run_ids"]["compare"]
     children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent]
     # 2 archs x (2 grid rates + default-rate SGD + Adam + Alrao + Alrao with momentum
-    # + Alrao on [0.01, 1] + range-test 1cycle)
-    assert len(children) == 2 * 8
+    # + Alrao on [0.01, 1] + Alrao with 2 heads on [1e-3, 3] + range-test 1cycle)
+    assert len(children) == 2 * 9
+    variant = [r for r in children if "alrao_hmax3_K2" in r.info.run_name]
+    assert len(variant) == 2
+    param = lambda run, key: next(  # noqa: E731 - the trial config is flattened
+        v for k, v in run.data.params.items() if k.rpartition(".")[2] == key)
+    assert {(param(r, "n_heads"), param(r, "head_lr_max")) for r in variant} == {("2", "3.0")}
     assert {r.info.status for r in runs} == {"FINISHED"}
     parent_run = next(r for r in runs if r.info.run_id == parent)
     assert "tau_avg/alrao" in parent_run.data.metrics
@@ -144,7 +151,8 @@ def test_killed_comparison_resumes_without_rerunning_finished_runs(ray_local, tm
     # runs of a second or more each (10 epochs of 32 steps), so that the kill lands while
     # some are still running
     space = {**SPACE, "name": "killcmp", "training": {**TINY["training"], "epochs": 10},
-             "compare": {**SPACE["compare"], "alrao_momentum": [], "alrao_ranges": []},
+             "compare": {**SPACE["compare"], "alrao_momentum": [], "alrao_ranges": [],
+                         "alrao_variants": []},
              "dataset": {"name": "blobs", "options": {"n_train": 1000, "n_features": 6,
                                                       "n_classes": 3}}}
     (tmp_path / "space.yaml").write_text(yaml.safe_dump(space))
