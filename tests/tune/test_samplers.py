@@ -83,3 +83,20 @@ def test_make_sampler_builds_each_kind_with_its_startup_trials():
     assert isinstance(make_sampler("bracket", seed=0, anchor=0.1), BracketSampler)
     with pytest.raises(ValueError, match="known: tpe, gp, random, bracket"):
         make_sampler("cmaes", seed=0)
+
+
+def test_the_stage2_settings_build_the_searcher_and_the_per_architecture_asha():
+    from alrao_tune.space import parse_space
+    from alrao_tune.tune import stages
+    from alrao_tune.tune.search import PerArchScheduler
+    from tests.tune.test_screen import TINY
+
+    space = parse_space({**TINY, "stage2": {**TINY["stage2"], "sampler": "bracket",
+                                            "scheduler": "asha"}})
+    searcher = stages.stage2_searcher(space, "best_val_loss", "min", (1e-3, 1.0), anchor=0.05)
+    sampler = searcher._sampler
+    assert isinstance(sampler, BracketSampler) and (sampler.anchor, sampler.high) == (0.05, 1.0)
+    assert isinstance(stages.stage2_scheduler(space, "best_val_loss", "min"), PerArchScheduler)
+    plain = parse_space({**TINY, "stage2": {**TINY["stage2"], "startup_trials": 2}})
+    assert stages.stage2_scheduler(plain, "best_val_loss", "min") is None
+    assert stages.stage2_searcher(plain, "best_val_loss", "min")._sampler._n_startup_trials == 2
