@@ -236,6 +236,7 @@ def compare_tab(uri: str, exp_id: str, ui: str) -> None:
                    "rates within a decade of Alrao's effective rate")
         st.dataframe(pipes, hide_index=True)
     _strategies(data)
+    _stage2_methods(data)
     _link(ui, data.experiment_id, run_id, "open the compare run in MLflow")
 
 
@@ -253,6 +254,15 @@ def _strategies(data: rc.CompareData) -> None:
         tooltip=["strategy", "repeat", "share", "regret"]), key="strategy_curves")
     st.dataframe(tables["targets"], hide_index=True)
     st.dataframe(tables["budgets"], hide_index=True)
+
+
+def _stage2_methods(data: rc.CompareData) -> None:
+    table = rc.stage2_method_table(data)
+    if len(table):
+        st.subheader("Stage-2 methods: trials to each architecture's best grid rate")
+        st.caption("within 0.5 test-accuracy points; a case that never got there counts as "
+                   "its trials + 1 (`reached` of `cases` did)")
+        st.dataframe(table, hide_index=True)
 
 
 # -------------------------------------------------------------------------------- main

@@ -133,3 +133,11 @@ def strategy_tables(data: CompareData) -> dict[str, pd.DataFrame]:
               else pd.DataFrame(columns=["strategy", "repeat", "share", "regret"]))
     return {"targets": frame_from_rows(rep.get("targets", [])),
             "budgets": frame_from_rows(rep.get("budgets", [])), "points": points}
+
+
+def stage2_method_table(data: CompareData) -> pd.DataFrame:
+    """The stage-2 methods of a comparison (:mod:`alrao_tune.report.samplers`: per method,
+    trials to land within 0.5 points of each architecture's best grid rate); empty when it
+    measured none."""
+    rep = data.report.get("stage2_methods") or {}
+    return frame_from_rows(rep.get("table", []))

@@ -107,3 +107,13 @@ def test_bad_method_names_say_the_form(name, words):
     with pytest.raises(ValueError, match="<sampler>") as err:
         parse_stage2_method(name)
     assert words in str(err.value)
+
+
+def test_the_dashboard_reads_the_methods_table_from_compare_json():
+    from alrao_tune.report import store_compare as rc
+
+    rows = samplers.method_table(curves()).to_dict("records")
+    data = rc.CompareData("run", "0", {"stage2_methods": {"table": rows}}, pd.DataFrame())
+    table = rc.stage2_method_table(data)
+    assert table["method"].tolist() == ["a", "b"] and table["cases"].tolist() == [2, 1]
+    assert rc.stage2_method_table(rc.CompareData("run", "0", {}, pd.DataFrame())).empty
