@@ -3,10 +3,11 @@
 Stage 1: one trial per (architecture, seed), method ``stage1.proxy`` (``alrao`` by default;
 ``adam`` runs at lr 1e-3, the learning-rate-free methods at their defaults); the trials
 are a ``tune.grid_search`` over prepared configs, optionally under ASHA.
-Stage 2: for each top-k architecture, an Optuna search (Ray Tune ``OptunaSearch``,
-seeded TPE by default) over the learning rate (log scale) and whatever else the search
-space opens (momentum, weight decay), first evaluating the Alrao effective learning rate
-of that architecture when ``seed_with_alrao`` is on.
+Stage 2: for each top-k architecture, an Optuna search (Ray Tune ``OptunaSearch`` with
+``stage2.sampler``, by default the bracket search around Alrao's rate) over the learning
+rate (log scale) and whatever else the search space opens (momentum, weight decay), first
+evaluating the Alrao effective learning rate of that architecture when
+``seed_with_alrao`` is on.
 """
 
 from __future__ import annotations

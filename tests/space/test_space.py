@@ -94,7 +94,8 @@ def test_defaults() -> None:
     assert (s1.seeds, s1.metric, s1.top_k, s1.asha) == ([0], "val_loss", 2, None)
     s2 = space.stage2
     assert (s2.enabled, s2.optimizer, s2.lr.low, s2.lr.high) == (True, "sgd", 1e-4, 1.0)
-    assert (s2.momentum, s2.weight_decay, s2.trials_per_arch, s2.sampler) == (0.0, 0.0, 6, "tpe")
+    assert (s2.momentum, s2.weight_decay, s2.trials_per_arch) == (0.0, 0.0, 6)
+    assert (s2.sampler, s2.startup_trials, s2.scheduler) == ("bracket", None, "none")
     assert (s2.seed, s2.seed_with_alrao, s2.metric) == (0, True, "val_loss")
     c = space.compare
     assert (tuple(c.lr_grid), c.half_decades, c.momentum) == (PAPER_LR_GRID, False, [0.0])

@@ -47,10 +47,10 @@ KILL = {
     "training": {"epochs": EPOCHS, "batch_size": 32, "patience": None},
     "alrao": {"lr_min": 1e-3, "lr_max": 1.0, "n_heads": 3},
     "stage1": {"seeds": [0, 1], "top_k": 2},
-    # 3 trials per architecture: fewer than TPE's 10 random start-up trials, so the
+    # TPE with 3 trials per architecture: fewer than its 10 random start-up trials, so the
     # suggestions do not depend on the order in which concurrent results arrive, and the
     # third comes from the sampler state saved before the kill.
-    "stage2": {"lr": {"low": 1e-3, "high": 1.0}, "trials_per_arch": 3},
+    "stage2": {"lr": {"low": 1e-3, "high": 1.0}, "trials_per_arch": 3, "sampler": "tpe"},
     "resources": {"cpu": 1},  # 2 trials at once on the 2 CPUs
 }
 

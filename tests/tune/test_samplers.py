@@ -97,6 +97,7 @@ def test_the_stage2_settings_build_the_searcher_and_the_per_architecture_asha():
     sampler = searcher._sampler
     assert isinstance(sampler, BracketSampler) and (sampler.anchor, sampler.high) == (0.05, 1.0)
     assert isinstance(stages.stage2_scheduler(space, "best_val_loss", "min"), PerArchScheduler)
-    plain = parse_space({**TINY, "stage2": {**TINY["stage2"], "startup_trials": 2}})
+    plain = parse_space({**TINY, "stage2": {**TINY["stage2"], "sampler": "tpe",
+                                            "startup_trials": 2}})
     assert stages.stage2_scheduler(plain, "best_val_loss", "min") is None
     assert stages.stage2_searcher(plain, "best_val_loss", "min")._sampler._n_startup_trials == 2
