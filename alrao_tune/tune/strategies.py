@@ -321,9 +321,6 @@ def _stage2_method(ctx: StrategyContext, trials: pd.DataFrame, method: str,
     lr_eff = {str(a): float(v) for a, v in zip(alrao["arch"], alrao["lr_eff"])}
     archs = {a["name"]: a for a in space.architectures_resolved()}
     key = f"stage2-{method}-r{repeat}"
-    run = ctx.tree.start(f"stage-2 method {method} r{repeat}", parent_run_id=ctx.parent,
-                         params={"stage2_method": method, "repeat": repeat},
-                         tags={KIND_TAG: "stage2_method"})
     storage = optuna.storages.InMemoryStorage()
     studies = {n: f"{key}/{n}" for n in archs}
     searchers, first = {}, {}
@@ -342,6 +339,9 @@ def _stage2_method(ctx: StrategyContext, trials: pd.DataFrame, method: str,
     total = budget * len(archs)
     ctx.say(f"stage-2 method {method} repeat {repeat}: {budget} trials x {len(archs)} "
             "architectures")
+    run = ctx.tree.start(f"stage-2 method {method} r{repeat}", parent_run_id=ctx.parent,
+                         params={"stage2_method": method, "repeat": repeat},
+                         tags={KIND_TAG: "stage2_method"})  # ended below, whatever happens
     callback = MLflowTrialCallback(ctx.tree, run, trial_name_fn=_name)
     job = TuneJob(
         name=f"{stages.safe_name(key)}-{time.strftime('%Y%m%d-%H%M%S')}", param_space={},
