@@ -85,14 +85,13 @@ def method_table(curves: pd.DataFrame, target: float = TARGET,
     rows = []
     for method, group in curves.groupby("method", sort=False):
         cases = [c for _, c in group.groupby(["repeat", "arch"], sort=True)]
-        trials, epochs = [], []
-        for c in cases:
-            n, e = to_target(c, target)
-            trials.append(n if math.isfinite(n) else float(c["trials"].iloc[-1]) + 1)
-            epochs.append(e if math.isfinite(e) else float(c["epochs"].iloc[-1]))
+        hits = [to_target(c, target) for c in cases]
+        trials = [n if math.isfinite(n) else float(c["trials"].iloc[-1]) + 1
+                  for (n, _), c in zip(hits, cases)]
+        epochs = [e if math.isfinite(e) else float(c["epochs"].iloc[-1])
+                  for (_, e), c in zip(hits, cases)]
         row: dict[str, Any] = {
-            "method": method, "reached": sum(math.isfinite(to_target(c, target)[0])
-                                             for c in cases),
+            "method": method, "reached": sum(math.isfinite(n) for n, _ in hits),
             "cases": len(cases), "trials_mean": float(np.mean(trials)),
             "trials_median": float(np.median(trials)), "epochs_mean": float(np.mean(epochs))}
         most = int(group["trials"].max())

@@ -49,7 +49,6 @@ from alrao_tune.tune import optuna_storage, stages
 from alrao_tune.tune.driver import Pipeline, Progress, Trainable, json_value, run_pipeline
 from alrao_tune.tune.preflight import preflight
 from alrao_tune.tune.runner import TuneJob
-from alrao_tune.tune.search import PerArchSearch
 from alrao_tune.tune.storage import Location
 from alrao_tune.tune.trainable import trial_config
 
@@ -227,15 +226,10 @@ class _Screening:
         self.studies = studies
         p.tree.set_tags(run, {STUDIES_TAG: json.dumps(studies),
                               OPTUNA_STORAGE_TAG: self.optuna_url or "memory"})
-        searcher = PerArchSearch(
-            {n: stages.stage2_searcher(space, metric, mode, ranges[n], storage=self.optuna,
-                                       study_name=studies[n],
-                                       anchor=float(lr_eff.get(n, math.nan)))
-             for n in chosen},
-            {n: stages.stage2_param_space(space, by_name[n]) for n in chosen},
-            budget=s2.trials_per_arch, metric=metric, mode=mode,
-            studies={n: (self.optuna, studies[n]) for n in chosen},
-            first_points={n: {"lr": first[n]} for n in chosen if first[n] is not None})
+        searcher = stages.per_arch_search(
+            space, lr_eff, {n: stages.stage2_param_space(space, by_name[n]) for n in chosen},
+            metric=metric, mode=mode, storage=self.optuna, studies=studies,
+            budget=s2.trials_per_arch)
         job = TuneJob(
             name="stage2", param_space={}, storage=p.root,
             resources=space.resources.model_dump(), metric=metric, mode=mode,

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import re
+from collections.abc import Mapping
 from typing import Any
 
 from alrao_tune.space import SearchSpace
@@ -146,6 +147,26 @@ def stage2_searcher(space: SearchSpace, metric: str, mode: str,
                            anchor=anchor, low=low, high=high)
     return OptunaSearch(space=dists, metric=metric, mode=mode, sampler=sampler,
                         storage=storage, study_name=study_name)
+
+
+def per_arch_search(space: SearchSpace, lr_eff: Mapping[str, float],
+                    constants: Mapping[str, dict[str, Any]], *, metric: str, mode: str,
+                    storage: Any, studies: Mapping[str, str], budget: int) -> Any:
+    """Stage 2's searcher over the architectures of ``constants`` (their trial configs):
+    a :class:`~alrao_tune.tune.search.PerArchSearch` giving each architecture ``budget``
+    trials from its own study ``studies[name]`` on ``storage``, with the sampler of
+    :func:`stage2_searcher` anchored at its Alrao rate ``lr_eff[name]``, its range
+    :func:`lr_bounds` and, first, :func:`seed_point`."""
+    from alrao_tune.tune.search import PerArchSearch
+
+    eff = {n: float(lr_eff.get(n, math.nan)) for n in constants}
+    first = {n: seed_point(space, eff[n]) for n in constants}
+    return PerArchSearch(
+        {n: stage2_searcher(space, metric, mode, lr_bounds(space, eff[n]), storage=storage,
+                            study_name=studies[n], anchor=eff[n]) for n in constants},
+        constants, budget=budget, metric=metric, mode=mode,
+        studies={n: (storage, studies[n]) for n in constants},
+        first_points={n: {"lr": p} for n, p in first.items() if p is not None})
 
 
 def stage2_scheduler(space: SearchSpace, metric: str, mode: str) -> Any:

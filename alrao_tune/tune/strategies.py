@@ -311,8 +311,6 @@ def _stage2_method(ctx: StrategyContext, trials: pd.DataFrame, method: str,
     from alrao_tune.tracking.callback import MLflowTrialCallback
     from alrao_tune.tune.driver import progress_callback
     from alrao_tune.tune.runner import TuneJob, run_job
-    from alrao_tune.tune.search import PerArchSearch
-
     space = ctx.space
     variant = space.model_copy(update={"stage2": space.stage2.model_copy(
         update={**parse_stage2_method(method), "seed": repeat})})
@@ -321,21 +319,11 @@ def _stage2_method(ctx: StrategyContext, trials: pd.DataFrame, method: str,
     lr_eff = {str(a): float(v) for a, v in zip(alrao["arch"], alrao["lr_eff"])}
     archs = {a["name"]: a for a in space.architectures_resolved()}
     key = f"stage2-{method}-r{repeat}"
-    storage = optuna.storages.InMemoryStorage()
-    studies = {n: f"{key}/{n}" for n in archs}
-    searchers, first = {}, {}
-    for n in archs:
-        eff = lr_eff.get(n, math.nan)
-        searchers[n] = stages.stage2_searcher(
-            variant, "best_val_loss", "min", stages.lr_bounds(variant, eff), storage=storage,
-            study_name=studies[n], anchor=eff)
-        if (point := stages.seed_point(variant, eff)) is not None:
-            first[n] = {"lr": point}
     budget = space.compare.stage2_trials or variant.stage2.trials_per_arch
-    searcher = PerArchSearch(
-        searchers, {n: _constants(ctx, a, method, repeat) for n, a in archs.items()},
-        budget=budget, metric="best_val_loss", mode="min",
-        studies={n: (storage, studies[n]) for n in archs}, first_points=first)
+    searcher = stages.per_arch_search(
+        variant, lr_eff, {n: _constants(ctx, a, method, repeat) for n, a in archs.items()},
+        metric="best_val_loss", mode="min", storage=optuna.storages.InMemoryStorage(),
+        studies={n: f"{key}/{n}" for n in archs}, budget=budget)
     total = budget * len(archs)
     ctx.say(f"stage-2 method {method} repeat {repeat}: {budget} trials x {len(archs)} "
             "architectures")
