@@ -1,4 +1,5 @@
-"""Helpers of ``test_reliability.py``: a screening in a killable subprocess, MLflow reads.
+"""Helpers of ``test_reliability.py`` and ``test_faults.py``: a screening in a killable
+subprocess, MLflow reads.
 
 A killed screening runs ``python -m alrao_tune.cli screen ...`` in its own session
 (``start_new_session``), so that SIGKILL to its process group takes its local Ray (GCS,
